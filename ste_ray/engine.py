@@ -248,7 +248,7 @@ def deploy(cfg: EngineConfig) -> Endpoint:
     from ray.serve.llm import build_openai_app
 
     llm_config = build_llm_config(cfg)
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.start(http_options={"host": cfg.host, "port": cfg.port}, logging_config={"log_level": "WARNING"})
     app = build_openai_app({"llm_configs": [llm_config]})
     serve.run(app, name=cfg.app_name, route_prefix="/", blocking=False)
     _wait_until_running(cfg.app_name, cfg.ready_timeout_s)

@@ -1,0 +1,109 @@
+import dataclasses
+
+import pytest
+
+from ste_ray.config import ConfigError, build_parser, from_dict, load_config, option
+from ste_ray.engine import EngineConfig, RayConfig
+
+
+@dataclasses.dataclass
+class Inner:
+    size: int = option(3, help="a size")
+    ratio: float = option(0.5, help="a ratio")
+
+    def validate(self):
+        if self.size < 1:
+            raise ConfigError("size: must be at least 1")
+
+
+@dataclasses.dataclass
+class Job:
+    inner: Inner = option(default_factory=Inner, help="nested section")
+    name: str = option("x", help="a name")
+    flag: bool = option(False, help="a flag")
+    tags: list[str] = option(default_factory=list, help="tags")
+    extra: dict = option(default_factory=dict, help="extra")
+    limit: int | None = option(None, help="optional limit")
+
+
+def test_defaults_yaml_then_cli_precedence(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("name: from-yaml\ninner:\n  size: 7\n  ratio: 0.25\ntags: [a, b]\n")
+    cfg = load_config(Job, ["--config", str(path), "--inner.size", "9", "--flag", "--extra", "{k: 1}"])
+    assert cfg.name == "from-yaml"          # YAML over default
+    assert cfg.inner.size == 9              # CLI over YAML
+    assert cfg.inner.ratio == 0.25
+    assert cfg.flag is True
+    assert cfg.tags == ["a", "b"]
+    assert cfg.extra == {"k": 1}
+    assert cfg.limit is None
+
+
+def test_cli_forms(tmp_path):
+    cfg = load_config(Job, ["--flag", "false", "--tags", "x,y", "--limit", "5", "--inner.ratio=2"])
+    assert (cfg.flag, cfg.tags, cfg.limit, cfg.inner.ratio) == (False, ["x", "y"], 5, 2.0)
+    assert load_config(Job, ["--limit", "none"]).limit is None
+
+
+@pytest.mark.parametrize(
+    "values, names",
+    [
+        ({"nmae": "typo"}, "nmae"),
+        ({"inner": {"sise": 1}}, "inner.sise"),
+        ({"inner": {"size": "many"}}, "inner.size"),
+        ({"inner": {"size": 2.5}}, "inner.size"),
+        ({"flag": "perhaps"}, "flag"),
+        ({"tags": {"a": 1}}, "tags"),
+        ({"inner": 3}, "inner"),
+        ({"inner": {"size": 0}}, "inner.size"),  # validate() of a nested section
+    ],
+)
+def test_errors_name_the_field(values, names):
+    with pytest.raises(ConfigError, match=rf"^{names.replace('.', '[.]')}:"):
+        from_dict(Job, values)
+
+
+def test_bad_cli_value_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="--inner.size"):
+        load_config(Job, ["--inner.size", "lots"])
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(Job, ["--config", str(tmp_path / "absent.yaml")])
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(Job, ["--config", str(bad)])
+
+
+def test_every_flag_is_documented():
+    for cls in (EngineConfig, RayConfig, Job):
+        for field in dataclasses.fields(cls):
+            assert field.metadata.get("help"), f"{cls.__name__}.{field.name} has no help"
+    text = build_parser(Job).format_help()
+    assert "--inner.size" in text and "a size" in text and "[default: 3]" in text
+
+
+@pytest.mark.parametrize(
+    "values, field",
+    [
+        ({"mode": "remote"}, "mode"),
+        ({"mode": "external"}, "url"),
+        ({"mode": "external", "url": "https://api.example/v1"}, "model"),
+        ({"url": "api.example/v1", "mode": "attach"}, "url"),
+        ({"num_replicas": 0}, "num_replicas"),
+        ({"num_replicas": 2, "max_replicas": 1}, "max_replicas"),
+        ({"port": 70000}, "port"),
+        ({"cpu_kv_cache_gib": 0}, "cpu_kv_cache_gib"),
+    ],
+)
+def test_engine_config_validation(values, field):
+    with pytest.raises(ConfigError, match=rf"^{field}:"):
+        from_dict(EngineConfig, values)
+
+
+def test_nested_engine_errors_carry_the_section():
+    @dataclasses.dataclass
+    class WithEngine:
+        engine: EngineConfig = option(default_factory=EngineConfig, help="engine")
+
+    with pytest.raises(ConfigError, match=r"^engine\.mode:"):
+        from_dict(WithEngine, {"engine": {"mode": "nope"}})
