@@ -148,10 +148,17 @@ class LLMClient:
 
     async def request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
         """One API call with retries; returns the decoded JSON body."""
+        body, _ = await self._request(method, path, payload)
+        return body
+
+    async def _request(self, method: str, path: str, payload: dict[str, Any] | None) -> tuple[dict[str, Any], float]:
+        """The call and its latency, measured from when it got a concurrency slot (so client-side
+        queueing is not counted as the server's time)."""
         url = f"{self.base_url}{path}"
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         last_error = "no attempt made"
         async with self._semaphore:
+            started = time.perf_counter()
             for attempt in range(self.max_retries + 1):
                 if attempt:
                     self.usage.retries += 1
@@ -163,7 +170,7 @@ class LLMClient:
                         except ValueError:
                             body = await resp.text()
                         if resp.status < 400 and isinstance(body, dict):
-                            return body
+                            return body, time.perf_counter() - started
                         if resp.status < 400:
                             raise LLMRequestError(resp.status, f"expected a JSON object, got {body!r:.200}", url)
                         if resp.status not in RETRYABLE_STATUS:
@@ -203,9 +210,7 @@ class LLMClient:
                 payload[key] = value
         if extra_body:
             payload.update(extra_body)
-        started = time.perf_counter()
-        body = await self.request("POST", "/chat/completions", payload)
-        latency = time.perf_counter() - started
+        body, latency = await self._request("POST", "/chat/completions", payload)
         choices = body.get("choices") or []
         if not choices:
             raise LLMRequestError(200, f"response has no choices: {body!r:.300}", self.base_url)

@@ -10,6 +10,7 @@ then ``validate()`` on every nested dataclass. Any error names the offending fie
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import dataclasses
 import json
 import types
@@ -248,3 +249,30 @@ def from_dict(cls: type[T], values: dict[str, Any]) -> T:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def flags_markdown(cls: type) -> str:
+    """The flags of a config as a Markdown table (the README's flag reference is made with this)."""
+    lines = ["| flag | default | meaning |", "| --- | --- | --- |"]
+    for path, _, f in _leaf_fields(cls):
+        default = _default_of(f)
+        shown = json.dumps(default) if isinstance(default, (dict, list, str)) else default
+        help_text = f.metadata.get("help", "").replace("|", "\\|")
+        lines.append(f"| `--{path}` | `{shown}` | {help_text} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import importlib
+    import sys
+
+    # python -m ste_ray.config jobs/explore.py:ExploreConfig  → the flag table of that job
+    target = sys.argv[1] if len(sys.argv) > 1 else "ste_ray.engine:EngineConfig"
+    module_name, _, class_name = target.partition(":")
+    if module_name.endswith(".py"):
+        spec = importlib.util.spec_from_file_location("job", module_name)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(module_name)
+    print(flags_markdown(getattr(module, class_name)))

@@ -249,7 +249,11 @@ def deploy(cfg: EngineConfig) -> Endpoint:
 
     llm_config = build_llm_config(cfg)
     serve.start(http_options={"host": cfg.host, "port": cfg.port}, logging_config={"log_level": "WARNING"})
-    app = build_openai_app({"llm_configs": [llm_config]})
+    args: dict[str, Any] = {"llm_configs": [llm_config]}
+    if os.environ.get("RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING") != "1":
+        # (With direct streaming the engine replica is the ingress and has no config of its own.)
+        args["ingress_deployment_config"] = {"logging_config": {"log_level": "WARNING"}}
+    app = build_openai_app(args)
     serve.run(app, name=cfg.app_name, route_prefix="/", blocking=False)
     _wait_until_running(cfg.app_name, cfg.ready_timeout_s)
     return Endpoint(f"http://{_client_host(cfg.host)}:{cfg.port}/v1", cfg.served_model_name)
@@ -306,3 +310,70 @@ def explorer_endpoint(cfg: EngineConfig, ray_cfg: RayConfig | None = None) -> It
         if started_ray:
             serve.shutdown()
             ray.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------
+# vLLM's own OpenAI server, outside Ray: the reference the Serve endpoint is benchmarked against.
+
+
+def vllm_server_command(cfg: EngineConfig, port: int) -> list[str]:
+    """The `vllm serve` command line with the same engine arguments ``build_llm_config`` uses."""
+    import sys
+
+    llm_config = build_llm_config(cfg)
+    args = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", llm_config.model_loading_config.model_source,
+        "--served-model-name", cfg.served_model_name,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--disable-uvicorn-access-log",
+    ]
+    for key, value in llm_config.engine_kwargs.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif value is False:
+            args.append("--no-" + key.replace("_", "-"))
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+@contextlib.contextmanager
+def vllm_server(cfg: EngineConfig, port: int, log_path: str | None = None) -> Iterator[Endpoint]:
+    """Run vLLM's own OpenAI server in a subprocess until the block ends."""
+    import asyncio
+    import subprocess
+
+    env = {**os.environ, **engine_env_vars(cfg)}
+    log = open(log_path or os.devnull, "w")
+    proc = subprocess.Popen(vllm_server_command(cfg, port), env=env, stdout=log, stderr=subprocess.STDOUT)
+    endpoint = Endpoint(f"http://127.0.0.1:{port}/v1", cfg.served_model_name)
+    try:
+        asyncio.run(_wait_for_server(endpoint, proc, cfg.ready_timeout_s))
+        yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+async def _wait_for_server(endpoint: Endpoint, proc, timeout_s: float) -> None:
+    import asyncio
+
+    from ste_ray.client import LLMError
+
+    deadline = time.monotonic() + timeout_s
+    async with endpoint.client(max_retries=0, timeout_s=5) as client:
+        while proc.poll() is None:
+            try:
+                await client.models()
+                return
+            except LLMError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"vLLM server not ready after {timeout_s:.0f}s") from None
+                await asyncio.sleep(1.0)
+    raise RuntimeError(f"vLLM server exited with code {proc.returncode} before it was ready")

@@ -1,0 +1,51 @@
+"""Closed-loop load against an OpenAI-compatible endpoint: ``concurrency`` requests always in
+flight, each asked for exactly ``max_tokens`` output tokens (``ignore_eos``), so two endpoints that
+serve the same model do the same work and their tokens/s compare directly."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+
+from ste_ray.engine import Endpoint
+
+TOPICS = [
+    "a lighthouse keeper", "a lost umbrella", "the first snow", "a robot gardener", "an old map",
+    "a night train", "a quiet library", "a stubborn goat", "a paper boat", "a broken clock",
+    "a desert well", "a jazz trumpet", "a river ferry", "a kite festival", "a mountain hut",
+    "a secret recipe",
+]
+
+
+def prompt(i: int) -> list[dict]:
+    return [{"role": "user", "content": f"Write a long story about {TOPICS[i % len(TOPICS)]} (version {i})."}]
+
+
+async def run_load(endpoint: Endpoint, concurrency: int, num_requests: int, max_tokens: int) -> dict:
+    """Send ``num_requests`` requests, ``concurrency`` at a time; return throughput and latency."""
+    latencies: list[float] = []
+    async with endpoint.client(max_concurrency=concurrency, max_retries=0) as client:
+        await client.chat(prompt(10_000), max_tokens=8, temperature=0)  # warm-up, not counted
+        tokens_before = client.usage.completion_tokens
+
+        async def one(i: int) -> None:
+            result = await client.chat(
+                prompt(i), max_tokens=max_tokens, temperature=1.0, seed=i,
+                extra_body={"ignore_eos": True},
+            )
+            latencies.append(result.latency_s)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(num_requests)))
+        wall = time.perf_counter() - started
+    output_tokens = client.usage.completion_tokens - tokens_before
+    return {
+        "concurrency": concurrency,
+        "requests": num_requests,
+        "output_tokens": output_tokens,
+        "wall_s": round(wall, 3),
+        "output_tokens_per_s": round(output_tokens / wall, 2),
+        "latency_p50_s": round(statistics.median(latencies), 3),
+        "latency_max_s": round(max(latencies), 3),
+    }
