@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 
-from ste_ray.engine import EngineConfig, Endpoint, deploy
+from ste_ray.engine import EngineConfig, Endpoint, explorer_endpoint
 
 
 def free_port() -> int:
@@ -43,5 +43,10 @@ def engine_config() -> EngineConfig:
 
 @pytest.fixture(scope="session")
 def engine(ray_session, engine_config) -> Endpoint:
-    """The embedded explorer, deployed once per test session."""
-    return deploy(engine_config)
+    """The embedded explorer, deployed once per test session the way jobs deploy it; at the end
+    of the session the job-side teardown must have removed the application."""
+    from ray import serve
+
+    with explorer_endpoint(engine_config) as endpoint:
+        yield endpoint
+    assert engine_config.app_name not in serve.status().applications
