@@ -207,6 +207,8 @@ def places_coordinates(name: str, lang: Literal["en", "ru"], country: str = "") 
     city = max(candidates, key=lambda c: c["population"])
     shown = city["name"]
     if lang == "ru":
+        # GeoNames' alternate names carry no language tags: the first one in the Russian alphabet
+        # is usually, not always, the Russian name (Moscow gives the Belarusian "Маскав").
         shown = next((a for a in city.get("alternatenames", []) if re.fullmatch(r"[А-Яа-яЁё\- ]+", a)), shown)
     return {"name": shown, "country": city["countrycode"], "lat": city["latitude"], "lon": city["longitude"],
             "population": city["population"], "timezone": city["timezone"], "status": "OK"}
