@@ -27,7 +27,7 @@ def ray_session():
     # Short path: Ray's Unix sockets live under the temp dir and paths are limited to 107 bytes.
     temp_dir = tempfile.mkdtemp(prefix="ray-t", dir="/tmp")
     ray.init(num_cpus=8, include_dashboard=False, _temp_dir=temp_dir, logging_level="WARNING")
-    yield
+    yield temp_dir
     from ray import serve
 
     serve.shutdown()

@@ -402,8 +402,8 @@ def numbers_translator(text: str = "23879908709817834") -> dict:
         text: Numerical value of the number
     """
     digits = str(text).strip().replace(",", "")
-    if not re.fullmatch(r"-?\d{1,27}", digits):
-        raise ToolInputError(f"text must be a whole number (up to 27 digits), got {text!r}")
+    if not re.fullmatch(r"-?\d{1,66}", digits):
+        raise ToolInputError(f"text must be a whole number (up to 66 digits), got {text!r}")
     words = _english_words(int(digits))
     return {"number": digits, "text": words[0].upper() + words[1:]}
 
@@ -885,6 +885,23 @@ def builtin_tools() -> tuple[ToolSpec, ...]:
 
 def builtin_by_name() -> dict[str, ToolSpec]:
     return {spec.name: spec for spec in builtin_tools()}
+
+
+def ste_offline_apis(api_descriptions: str | os.PathLike, names: list[str] | None = None) -> list[ToolSpec]:
+    """The STE benchmark APIs that have an offline executor here, with the benchmark's own
+    descriptions (verbatim, so prompts match the benchmark) and the built-in executors."""
+    import json
+    from pathlib import Path
+
+    from ste_ray.tools.loaders import load_ste_apis
+
+    builtins = builtin_by_name()
+    available = [n for n in json.loads(Path(api_descriptions).read_text()) if n in builtins]
+    if names is not None:
+        if unknown := [n for n in names if n not in available]:
+            raise ValueError(f"no offline executor for STE API(s): {', '.join(unknown)} (have: {', '.join(available)})")
+        available = names
+    return load_ste_apis(api_descriptions, available, {n: builtins[n].executor for n in available})
 
 
 def select_builtin(names: list[str] | None = None, categories: list[str] | None = None) -> list[ToolSpec]:
