@@ -427,3 +427,53 @@ async def test_mcp_server_listed_and_called(ray_session, scope):
     assert obs.ok and json.loads(obs.text)["result"] == 212.0
     bad = await box.call("word_count", {"text": 3})
     assert bad.error_kind == "invalid_arguments"
+
+
+async def test_limits_are_shared_by_callers_and_distinct_per_tool(ray_session, scope):
+    cfg = ToolCallConfig(scope=scope, limits=ToolLimits(rate_per_s=20, burst=5))
+    tools = [builtin_by_name()["add_date"], builtin_by_name()["days_between"]]
+    first, second = ToolBox(tools, cfg), ToolBox(tools, cfg)  # two callers, as two actors of a job would be
+    assert first.actor_of["add_date"] == second.actor_of["add_date"]
+
+    def add(box, i):
+        return box.call("add_date", {"date": "2024-01-01", "days": i})
+
+    started = time.perf_counter()
+    await asyncio.gather(*(add(first, i) for i in range(20)), *(add(second, i) for i in range(20)))
+    shared = time.perf_counter() - started
+    assert shared >= (40 - 5) / 20 * 0.95  # one bucket for both callers
+
+    started = time.perf_counter()
+    await asyncio.gather(*(add(first, i) for i in range(25)),
+                         *(first.call("days_between", {"start_date": "2024-01-01", "end_date": "2024-02-01"})
+                           for _ in range(25)))
+    both = time.perf_counter() - started
+    assert both < (25 - 5) / 20 + 1.0  # each tool its own bucket: the two ran side by side
+
+
+def test_cli_list_call_serve(tmp_path):
+    import subprocess
+    import urllib.request
+
+    root = Path(__file__).resolve().parents[1]
+    run = lambda *a: subprocess.run([sys.executable, "-m", "ste_ray.tools", *a], cwd=root,
+                                    capture_output=True, text=True, timeout=120)
+    listed = run("list", "--json")
+    assert listed.returncode == 0
+    specs = json.loads(listed.stdout)
+    assert {s["function"]["name"] for s in specs} == set(CASES)
+    called = run("call", "add_date", '{"date": "2022-10-14", "days": 90}')
+    assert called.returncode == 0 and json.loads(called.stdout.strip().splitlines()[-1]) == {"date": "2023-01-12"}
+    refused = run("call", "add_date", '{"date": "2022-10-14"}')
+    assert refused.returncode == 1 and "'days' is a required property" in refused.stdout
+    server = subprocess.Popen([sys.executable, "-m", "ste_ray.tools", "serve", "--port", "0"], cwd=root,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()
+        url = line.split(" at ", 1)[1].split(" ", 1)[0]
+        with urllib.request.urlopen(url + "/openapi.json", timeout=10) as resp:
+            doc = json.loads(resp.read())
+        assert {op["post"]["operationId"] for op in doc["paths"].values()} == set(CASES)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
