@@ -36,7 +36,7 @@ from typing import Any
 from ste_ray.client import LLMClient, LLMRequestError
 from ste_ray.config import fail, option
 from ste_ray.constrained import REFLECTION_REGEX, structured, turn_regex
-from ste_ray.tools.calls import Observation, ToolBox, ToolCallConfig
+from ste_ray.tools.calls import ACTOR_NAMESPACE, Observation, ToolBox, ToolCallConfig
 from ste_ray.tools.spec import ToolSpec
 
 logger = logging.getLogger(__name__)
@@ -487,9 +487,6 @@ async def run_exploration(endpoint, specs: list[ToolSpec], settings: ExploreSett
     """Explore every API of ``specs``: ``settings.num_episodes`` episodes each, minus those an
     earlier run already finished in ``output``. Writes each episode as soon as it finishes."""
     import ray
-    from tqdm import tqdm
-
-    from ste_ray.schema import EPISODE, TRIAL, write_rows
 
     started = time.perf_counter()
     if settings.constrained:
@@ -503,10 +500,24 @@ async def run_exploration(endpoint, specs: list[ToolSpec], settings: ExploreSett
     pending = {s.name: [i for i in range(settings.num_episodes) if episode_id(s.name, i) not in finished] for s in specs}
     total = settings.num_episodes * len(specs)
     before = total - sum(map(len, pending.values()))
-    actor_cls = ray.remote(ExplorerActor).options(
-        num_cpus=0, max_restarts=-1, max_task_retries=2, max_concurrency=1000)
-    actors = [actor_cls.remote(endpoint.base_url, endpoint.model, endpoint.api_key, specs, tool_cfg, settings, 256)
-              for _ in range(settings.num_actors)]
+    actor_cls = ray.remote(ExplorerActor)
+    actors = [actor_cls.options(name=f"ste-explorer:{run_id}:{i}", namespace=ACTOR_NAMESPACE, num_cpus=0,
+                                max_restarts=-1, max_task_retries=2, max_concurrency=1000)
+              .remote(endpoint.base_url, endpoint.model, endpoint.api_key, specs, tool_cfg, settings, 256)
+              for i in range(settings.num_actors)]
+    try:
+        return await _schedule(actors, specs, settings, output, run_id, pending, memory, before, started, progress)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
+
+async def _schedule(actors, specs, settings, output, run_id, pending, memory, before, started, progress):
+    from tqdm import tqdm
+
+    from ste_ray.schema import EPISODE, TRIAL, write_rows
+
+    total = settings.num_episodes * len(specs)
     load = [0] * len(actors)
     in_flight = {s.name: 0 for s in specs}
     running: dict[asyncio.Future, tuple[EpisodeTask, int]] = {}
@@ -556,6 +567,4 @@ async def run_exploration(endpoint, specs: list[ToolSpec], settings: ExploreSett
                                 f"success {successes}/{judged}, failed {len(failures)}")
             launch(task.api)
     bar.close()
-    for actor in actors:
-        ray.kill(actor)
     return ExplorationResult(output, done, before, failures, time.perf_counter() - started, tokens, summarize(output))

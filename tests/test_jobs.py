@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import json
+
 import pytest
 import yaml
 
@@ -17,26 +19,36 @@ def run_job(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.engine
-def test_explore_job_attached_to_the_engine(engine, engine_config):
-    result = run_job(
-        "jobs/explore.py", "--engine.mode", "attach", "--engine.port", str(engine_config.port),
-        "--prompt", "Name one planet.", "--max_tokens", "12",
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    out = result.stdout
-    assert f"explorer {engine.model} at {engine.base_url}" in out
-    answer = out.split("A: ", 1)[1].split("\n", 1)[0]
-    assert answer.strip()
-    table = out.strip().splitlines()[-1].split()
-    prompt_tokens, output_tokens = int(table[2]), int(table[3])
-    assert prompt_tokens > 5 and 0 < output_tokens <= 12
+def test_explore_job_attached_to_the_engine(engine, engine_config, tmp_path):
+    import pyarrow.parquet as pq
+
+    args = ["jobs/explore.py", "--engine.mode", "attach", "--engine.port", str(engine_config.port),
+            "--apis", "add_date", "--output", str(tmp_path), "--explore.num_episodes", "1",
+            "--explore.num_stm_slots", "1", "--explore.max_turn", "1", "--explore.num_actors", "1",
+            "--explore.turn_max_tokens", "64", "--ray.include_dashboard", "false"]
+    result = run_job(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"exploring 1 APIs × 1 episodes with {engine.model} at {engine.base_url}" in result.stdout
+    row = next(line.split() for line in result.stdout.splitlines() if line.startswith("add_date "))
+    assert row[1:3] == ["1", "1"]  # episodes, trials
+    assert f"wrote {tmp_path}/trials/" in result.stdout
+    assert len(pq.read_table(tmp_path / "trials")) == 1
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["apis"] == ["add_date"] and manifest["packages"]["ray"]
+
+    again = run_job(*args)  # the same output without --resume: refused before any work
+    assert again.returncode != 0 and "pass --resume" in again.stderr
+    resumed = run_job(*args, "--resume")
+    assert resumed.returncode == 0 and "0 episodes in" in resumed.stdout and "1 from an earlier run" in resumed.stdout
 
 
-def test_bad_flag_fails_before_any_work():
+def test_bad_input_fails_before_any_work():
     result = run_job("jobs/explore.py", "--engine.mode", "remote", timeout=60)
     assert result.returncode != 0
     assert "engine.mode: must be one of start, attach, external" in result.stderr
     assert "ray" not in result.stdout.lower()  # nothing was started
+    unknown = run_job("jobs/explore.py", "--apis", "no_such_api", timeout=60)
+    assert unknown.returncode != 0 and "apis: 'no_such_api' not among the selected tools" in unknown.stderr
 
 
 def test_unreachable_endpoint_is_a_clear_error():
@@ -48,7 +60,9 @@ def test_unreachable_endpoint_is_a_clear_error():
 def test_help_lists_every_flag():
     result = run_job("jobs/explore.py", "--help", timeout=60)
     assert result.returncode == 0
-    for flag in ("--engine.mode", "--engine.max_replicas", "--ray.address", "--prompt"):
+    for flag in ("--engine.mode", "--engine.max_replicas", "--ray.address", "--explore.num_episodes",
+                 "--no-exec", "--no-stm", "--no-ltm", "--no-reflection", "--tools", "--apis", "--explorer-url",
+                 "--model", "--output", "--resume", "--visualize"):
         assert flag in result.stdout
 
 
@@ -70,3 +84,15 @@ def test_cluster_files_are_consistent():
     gpu_groups = [g for g in cluster["spec"]["workerGroupSpecs"] if g["groupName"] == "gpu"]
     assert gpu_groups and gpu_groups[0]["minReplicas"] == 0 and cluster["spec"]["enableInTreeAutoscaling"]
     assert launcher["available_node_types"]["gpu"]["min_workers"] == 0
+
+
+def test_readme_documents_every_explore_flag():
+    from ste_ray.config import flags_markdown
+
+    spec = __import__("importlib.util").util.spec_from_file_location("explore_job", ROOT / "jobs/explore.py")
+    module = __import__("importlib.util").util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    readme = (ROOT / "README.md").read_text()
+    for row in flags_markdown(module.ExploreConfig).splitlines()[2:]:
+        flag = row.split("`")[1]
+        assert f"`{flag}`" in readme, f"{flag} is not documented in the README"

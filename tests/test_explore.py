@@ -1,0 +1,159 @@
+"""Exploration end to end: the real embedded engine, real tools through the tool-call actors, real
+Parquet. Tiny sizes (one trial per episode, short outputs) keep it to a few minutes on 2 cores."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from aiohttp import web
+
+from ste_ray.explore import NO_EXEC_OBSERVATION, ExploreSettings, episode_id, run_exploration, ste_api_descriptions_path
+from ste_ray.schema import EPISODE, TRIAL, read_dir
+from ste_ray.tools.builtin import ste_offline_apis
+from ste_ray.tools.calls import ToolCallConfig, ToolLimits
+from ste_ray.tools.spec import Executor, ToolSpec
+
+pytestmark = pytest.mark.engine
+
+TINY = dict(num_stm_slots=1, max_turn=2, query_max_tokens=32, turn_max_tokens=64, num_actors=2)
+
+
+def add_date():
+    return ste_offline_apis(ste_api_descriptions_path(), ["add_date"])[0]
+
+
+class FailingEvery3rd:
+    """An HTTP tool whose service answers 500 to every third request (fault injection, ~33%)."""
+
+    def __init__(self):
+        self.requests = 0
+
+    async def handle(self, request):
+        self.requests += 1
+        body = await request.json()
+        if self.requests % 3 == 0:
+            return web.json_response({"error": "injected fault"}, status=500)
+        return web.json_response({"city": body.get("city"), "temperature_c": 21})
+
+
+@pytest.fixture
+async def flaky_weather():
+    service = FailingEvery3rd()
+    app = web.Application()
+    app.router.add_post("/weather", service.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    spec = ToolSpec(
+        name="get_weather", description="Current temperature in a city.",
+        parameters={"type": "object", "properties": {"city": {"type": "string", "description": "city name"}},
+                    "required": ["city"]},
+        executor=Executor(kind="http", base_url=f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}",
+                          path="/weather", body_params=("city",)),
+    )
+    yield spec, service
+    await runner.cleanup()
+
+
+def tool_cfg(**limits):
+    # No retries: each injected fault must reach the explorer as an observation.
+    return ToolCallConfig(scope=f"x{uuid.uuid4().hex[:8]}", limits=ToolLimits(max_retries=0, **limits))
+
+
+async def test_run_writes_parquet_and_survives_a_failing_tool(ray_session, engine, flaky_weather, tmp_path):
+    weather, service = flaky_weather
+    settings = ExploreSettings(num_episodes=4, episodes_in_flight=2, **TINY)
+    result = await run_exploration(engine, [add_date(), weather], settings, tool_cfg(), tmp_path, "r1", progress=False)
+    assert result.failures == [] and result.episodes_done == 8
+
+    episodes = pq.read_table(tmp_path / "episodes").to_pylist()
+    trials = pq.read_table(tmp_path / "trials").to_pylist()
+    assert sorted(e["episode_id"] for e in episodes) == sorted(
+        episode_id(api, i) for api in ("add_date", "get_weather") for i in range(4))
+    assert len(trials) == 8 and {t["slot"] for t in trials} == {0}
+    for e in episodes:
+        conversation = json.loads(e["conversation"])
+        assert conversation[0]["role"] == "user" and "API_name: " + e["api"] in conversation[0]["content"]
+        assert e["completion_tokens"] > 0
+    for t in trials:
+        assert t["query"] and t["constrained"] and t["executed"]
+        assert t["success"] in (True, False)  # constrained reflection always gives Yes or No
+        for step in t["steps"]:
+            assert step["parse_error"] is None  # constrained turns always parse
+            assert step["action"] == t["api"] and step["observation"]
+    steps = [s for t in trials if t["api"] == "get_weather" for s in t["steps"]]
+    assert len(steps) == service.requests >= 3  # every call really reached the service
+    injected = [s for s in steps if s["tool_error_kind"] == "http_5xx"]
+    assert len(injected) == service.requests // 3
+    assert all("HTTP 500" in s["observation"] for s in injected)
+    executed = [s for t in trials if t["api"] == "add_date" for s in t["steps"] if s["tool_error_kind"] is None]
+    assert all(s["observation"].startswith('{"date": ') for s in executed)
+
+
+async def test_killed_run_resumes_without_loss_or_repeats(ray_session, engine, tmp_path):
+    settings = ExploreSettings(num_episodes=6, episodes_in_flight=1, **TINY)
+    cfg = tool_cfg()
+    run = asyncio.ensure_future(run_exploration(engine, [add_date()], settings, cfg, tmp_path, "r2", progress=False))
+    while len(list((tmp_path / "episodes").glob("*.parquet"))) < 2:
+        await asyncio.sleep(0.5)
+    run.cancel()  # the driver dies mid-run: the episode in flight is lost
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    finished_before = {p.stem for p in (tmp_path / "episodes").glob("*.parquet")}
+    assert 2 <= len(finished_before) < 6
+
+    result = await run_exploration(engine, [add_date()], settings, cfg, tmp_path, "r3", progress=False)
+    assert result.episodes_before == len(finished_before) and result.episodes_done == 6 - len(finished_before)
+    episodes = read_dir(tmp_path / "episodes", EPISODE).to_pylist()
+    ids = [e["episode_id"] for e in episodes]
+    assert sorted(ids) == sorted(episode_id("add_date", i) for i in range(6))  # all, none twice
+    trials = read_dir(tmp_path / "trials", TRIAL).to_pylist()
+    assert sorted(t["episode_id"] for t in trials) == sorted(ids)
+    # Long-term memory was rebuilt from what the first run wrote.
+    resumed = [e for e in episodes if e["episode_id"] not in finished_before]
+    assert min(e["memory_size"] for e in resumed) >= len(finished_before)
+    assert {e["run_id"] for e in episodes} == {"r2", "r3"}
+
+
+async def test_killed_actor_is_replaced(ray_session, engine, tmp_path):
+    import ray
+
+    settings = ExploreSettings(num_episodes=6, episodes_in_flight=3, **{**TINY, "num_actors": 1})
+    run = asyncio.ensure_future(run_exploration(engine, [add_date()], settings, tool_cfg(), tmp_path, "r4", progress=False))
+    actor = None
+    while actor is None:
+        try:
+            actor = ray.get_actor("ste-explorer:r4:0", namespace="ste-ray")
+        except ValueError:
+            await asyncio.sleep(0.2)
+    pid = await actor.pid.remote()
+    while not list((tmp_path / "episodes").glob("*.parquet")):
+        await asyncio.sleep(0.2)
+    ray.kill(actor, no_restart=False)  # dies with episodes in flight
+    assert await actor.pid.remote() != pid  # Ray started a new one under the same handle
+    result = await run
+    assert result.failures == [] and result.episodes_done == 6
+    assert len(read_dir(tmp_path / "episodes", EPISODE)) == 6
+
+
+async def test_ablations_change_what_the_explorer_sees(ray_session, engine, tmp_path):
+    settings = ExploreSettings(num_episodes=2, episodes_in_flight=1, no_exec=True, no_ltm=True, no_reflection=True,
+                               no_stm=True, **{**TINY, "num_stm_slots": 3})
+    cfg = tool_cfg()
+    result = await run_exploration(engine, [add_date()], settings, cfg, tmp_path, "r5", progress=False)
+    assert result.failures == []
+    trials = read_dir(tmp_path / "trials", TRIAL).to_pylist()
+    assert len(trials) == 2  # no STM: one trial per episode although num_stm_slots is 3
+    for t in trials:
+        assert t["executed"] is False and t["reflection"] is None and t["success"] is None
+        assert all(s["observation"] == NO_EXEC_OBSERVATION for s in t["steps"] if not s["parse_error"])
+    for e in read_dir(tmp_path / "episodes", EPISODE).to_pylist():
+        conversation = json.loads(e["conversation"])
+        assert "already explored" not in conversation[0]["content"]  # no LTM, even for the second episode
+        assert not any("Did you fulfill" in m["content"] for m in conversation)
