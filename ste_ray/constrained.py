@@ -6,7 +6,8 @@ free text.
 The constraint is a regular expression generated from the schema and sent as vLLM's
 ``structured_outputs: {"regex": ...}`` request field. An endpoint that refuses or ignores the field
 (a hosted API) is detected once at start (``supports_structured_outputs``) and the run proceeds
-unconstrained, with one warning.
+unconstrained, with one warning. Lengths are bounded (thought 100 characters, strings 48) so that a
+whole call fits the turn's token budget: a turn cut off by ``max_tokens`` would not parse.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from typing import Any
 from ste_ray.client import LLMClient, LLMError
 from ste_ray.tools.spec import ToolSpec
 
-STRING = r'"[^"\\\n]{0,80}"'
+STRING = r'"[^"\\\x00-\x1f]{0,48}"'
 INTEGER = r"-?[0-9]{1,12}"
 NUMBER = r"-?[0-9]{1,12}(\.[0-9]{1,8})?"
 BOOLEAN = r"(true|false)"
-THOUGHT = r"Thought: [^\n]{1,160}\n"
+THOUGHT = r"Thought: [^\n]{1,100}\n"
 FINAL = r"Final Answer: [^\n]{1,240}"
 
 

@@ -55,6 +55,7 @@ class ExploreSettings:
     max_turn: int = option(2, help="Tool calls per trial before it is cut off (paper: 4)")
     episodes_in_flight: int = option(
         2, help="Episodes of one API running at once; 1 = the paper's strictly sequential long-term memory")
+    max_in_flight: int = option(256, help="Episodes running at once across all APIs (bounds the load on the engine)")
     num_actors: int = option(2, help="Exploration actors (each runs many episodes concurrently)")
     no_exec: bool = option(False, help="Ablation: do not execute calls; the explorer is told no result is available")
     no_stm: bool = option(False, help="Ablation: one trial per episode (no short-term memory)")
@@ -74,7 +75,7 @@ class ExploreSettings:
     visualize: bool = option(False, help="Print every message of every conversation as it happens")
 
     def validate(self) -> None:
-        for name in ("num_episodes", "num_stm_slots", "max_turn", "episodes_in_flight", "num_actors",
+        for name in ("num_episodes", "num_stm_slots", "max_turn", "episodes_in_flight", "max_in_flight", "num_actors",
                      "query_max_tokens", "turn_max_tokens"):
             if getattr(self, name) < 1:
                 fail(name, "must be at least 1")
@@ -527,7 +528,7 @@ async def _schedule(actors, specs, settings, output, run_id, pending, memory, be
                disable=not progress, unit="ep")
 
     def launch(api: str) -> None:
-        while pending[api] and in_flight[api] < settings.episodes_in_flight:
+        while pending[api] and in_flight[api] < settings.episodes_in_flight and len(running) < settings.max_in_flight:
             task = EpisodeTask(run_id, api, pending[api].pop(0), list(memory.get(api, [])))
             slot = min(range(len(actors)), key=load.__getitem__)
             load[slot] += 1
@@ -565,6 +566,7 @@ async def _schedule(actors, specs, settings, output, run_id, pending, memory, be
             bar.update(1)
             bar.set_postfix_str(f"{tokens / elapsed:.0f} tok/s, {calls / elapsed:.2f} calls/s, "
                                 f"success {successes}/{judged}, failed {len(failures)}")
-            launch(task.api)
+            for api in [task.api, *in_flight]:  # its own API first, then any the global cap held back
+                launch(api)
     bar.close()
     return ExplorationResult(output, done, before, failures, time.perf_counter() - started, tokens, summarize(output))

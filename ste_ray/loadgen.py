@@ -18,20 +18,24 @@ TOPICS = [
 ]
 
 
-def prompt(i: int) -> list[dict]:
-    return [{"role": "user", "content": f"Write a long story about {TOPICS[i % len(TOPICS)]} (version {i})."}]
+def prompt(i: int, filler_words: int = 0) -> list[dict]:
+    filler = " ".join(TOPICS[(i + k) % len(TOPICS)].split()[-1] for k in range(filler_words))
+    text = f"Write a long story about {TOPICS[i % len(TOPICS)]} (version {i})."
+    return [{"role": "user", "content": f"{filler}\n{text}" if filler else text}]
 
 
-async def run_load(endpoint: Endpoint, concurrency: int, num_requests: int, max_tokens: int) -> dict:
+async def run_load(endpoint: Endpoint, concurrency: int, num_requests: int, max_tokens: int,
+                   filler_words: int = 0) -> dict:
     """Send ``num_requests`` requests, ``concurrency`` at a time; return throughput and latency."""
     latencies: list[float] = []
     async with endpoint.client(max_concurrency=concurrency, max_retries=0) as client:
         await client.chat(prompt(10_000), max_tokens=8, temperature=0)  # warm-up, not counted
         tokens_before = client.usage.completion_tokens
+        client.usage.prompt_tokens = client.usage.requests = 0
 
         async def one(i: int) -> None:
             result = await client.chat(
-                prompt(i), max_tokens=max_tokens, temperature=1.0, seed=i,
+                prompt(i, filler_words), max_tokens=max_tokens, temperature=1.0,
                 extra_body={"ignore_eos": True},
             )
             latencies.append(result.latency_s)
@@ -41,6 +45,7 @@ async def run_load(endpoint: Endpoint, concurrency: int, num_requests: int, max_
         wall = time.perf_counter() - started
     output_tokens = client.usage.completion_tokens - tokens_before
     return {
+        "prompt_tokens_per_request": round(client.usage.prompt_tokens / max(client.usage.requests, 1), 1),
         "concurrency": concurrency,
         "requests": num_requests,
         "output_tokens": output_tokens,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
-
-import json
 
 import pytest
 import yaml
@@ -89,8 +89,8 @@ def test_cluster_files_are_consistent():
 def test_readme_documents_every_explore_flag():
     from ste_ray.config import flags_markdown
 
-    spec = __import__("importlib.util").util.spec_from_file_location("explore_job", ROOT / "jobs/explore.py")
-    module = __import__("importlib.util").util.module_from_spec(spec)
+    spec = importlib.util.spec_from_file_location("explore_job", ROOT / "jobs/explore.py")
+    module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     readme = (ROOT / "README.md").read_text()
     for row in flags_markdown(module.ExploreConfig).splitlines()[2:]:
