@@ -36,8 +36,8 @@ class RayConfig:
 
     address: str = option(
         "",
-        help="Ray cluster to join: empty starts a local Ray instance; 'auto' joins the cluster this "
-        "machine belongs to (what `ray job submit` gives a job); or ray://host:10001",
+        help="Ray cluster to join: empty starts a local Ray instance (or joins $RAY_ADDRESS when set, as "
+        "under `ray job submit`); 'auto' joins the cluster this machine belongs to; or ray://host:10001",
     )
     num_cpus: int | None = option(
         None,
@@ -149,8 +149,11 @@ def init_ray(cfg: RayConfig, runtime_env: dict | None = None) -> bool:
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"runtime_env": runtime_env, "logging_level": logging.WARNING}
-    if cfg.address:
-        ray.init(address=cfg.address, **kwargs)
+    # Under `ray job submit` the supervisor names the job's own cluster in RAY_ADDRESS; "auto"
+    # alone would pick whichever cluster was started last on this host.
+    address = os.environ.get("RAY_ADDRESS") if cfg.address in ("", "auto") else cfg.address
+    if address or cfg.address:
+        ray.init(address=address or cfg.address, **kwargs)
     else:
         ray.init(
             num_cpus=cfg.num_cpus or max(8, os.cpu_count() or 1),

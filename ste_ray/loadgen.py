@@ -54,3 +54,13 @@ async def run_load(endpoint: Endpoint, concurrency: int, num_requests: int, max_
         "latency_p50_s": round(statistics.median(latencies), 3),
         "latency_max_s": round(max(latencies), 3),
     }
+
+
+async def filler_words_for(endpoint: Endpoint, prompt_tokens: float) -> int:
+    """How many filler words bring ``prompt`` to ``prompt_tokens``, measured with the engine's own
+    token counts (two one-token requests)."""
+    async with endpoint.client(max_retries=0) as client:
+        short = await client.chat(prompt(0), max_tokens=1)
+        long = await client.chat(prompt(0, 200), max_tokens=1)
+    per_word = (long.usage["prompt_tokens"] - short.usage["prompt_tokens"]) / 200
+    return max(0, round((prompt_tokens - short.usage["prompt_tokens"]) / per_word))

@@ -96,3 +96,59 @@ def test_readme_documents_every_explore_flag():
     for row in flags_markdown(module.ExploreConfig).splitlines()[2:]:
         flag = row.split("`")[1]
         assert f"`{flag}`" in readme, f"{flag} is not documented in the README"
+
+
+@pytest.mark.engine
+def test_explore_under_ray_job_submit(engine, engine_config, tmp_path):
+    """The README's cluster path: a separate Ray cluster (own processes, own temp dir), the job
+    submitted through Ray's Jobs API with the repository as working dir, joining with address=auto."""
+    import tempfile
+    import time
+
+    from ray.cluster_utils import Cluster
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from tests.conftest import free_port
+
+    dashboard_port = free_port()
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 4, "include_dashboard": True, "dashboard_port": dashboard_port,
+        # Its own agent ports: the test session's Ray instance on this host holds the defaults, and a
+        # raylet that reaches the other cluster's runtime-env agent cannot fetch its working_dir.
+        "dashboard_agent_listen_port": free_port(), "runtime_env_agent_port": free_port(),
+        "metrics_export_port": free_port(),
+        "temp_dir": tempfile.mkdtemp(prefix="ray-j", dir="/tmp")})
+    try:
+        token = Path.home() / ".ray" / "auth_token"
+        headers = {"Authorization": f"Bearer {token.read_text().strip()}"} if token.exists() else None
+        client = JobSubmissionClient(f"http://127.0.0.1:{dashboard_port}", headers=headers)
+        output = tmp_path / "out"
+        submit = lambda: client.submit_job(
+            entrypoint=f"{sys.executable} jobs/explore.py --ray.address auto --engine.mode attach "
+                       f"--engine.port {engine_config.port} --apis add_date --output {output} "
+                       "--explore.num_episodes 1 --explore.num_stm_slots 1 --explore.max_turn 1 "
+                       "--explore.num_actors 1 --explore.turn_max_tokens 160",
+            runtime_env={"working_dir": str(ROOT),
+                         "excludes": [".venv", ".git", "outputs", "results", "*.egg-info", "__pycache__"]},
+        )
+        deadline = time.monotonic() + 60
+        while True:  # the head's job agent comes up some seconds after the cluster
+            try:
+                job = submit()
+                break
+            except RuntimeError as e:
+                assert "No available agent" in str(e) and time.monotonic() < deadline, e
+                time.sleep(2)
+        deadline = time.monotonic() + 600
+        while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+            assert time.monotonic() < deadline, "the job did not finish"
+            time.sleep(1)
+        logs = client.get_job_logs(job)
+        assert status == JobStatus.SUCCEEDED, logs[-3000:]
+        assert f"wrote {output}/trials/" in logs
+        assert "1 episodes in" in logs and "failed for good: 0" in logs, logs[-3000:]
+        import pyarrow.parquet as pq
+
+        assert len(pq.read_table(output / "episodes")) == 1
+    finally:
+        cluster.shutdown()
