@@ -82,6 +82,29 @@ async def concurrent(endpoint, specs, settings, level, episodes) -> dict:
             "failures": len(result.failures)}
 
 
+PROCESS_KINDS = [("ExplorerActor", "explorer actors"), ("ToolCallActor", "tool-call actors"),
+                 ("ProxyActor", "Serve proxy"), ("OpenAiIngress", "Serve ingress"), ("LLMServer", "Serve engine replica"),
+                 ("VLLM", "vLLM engine"), ("bench_explore", "driver")]
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by each kind of process alive on this machine (Ray names its
+    workers' process titles after the actor class, vLLM its engine processes). Processes that end
+    during a run (the exploration actors) are not in it."""
+    totals: dict[str, float] = {}
+    for proc in psutil.process_iter(["cmdline", "name", "cpu_times"]):
+        title = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["name"] or "")
+        kind = next((label for key, label in PROCESS_KINDS if key in title), "other")
+        times = proc.info["cpu_times"]
+        if times:
+            totals[kind] = totals.get(kind, 0.0) + times.user + times.system
+    return totals
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: round(after.get(k, 0) - before.get(k, 0), 1) for k in sorted(after) if after.get(k, 0) - before.get(k, 0) > 0.05}
+
+
 async def run(endpoint, cfg: BenchExploreConfig) -> dict:
     specs = select_tools(["ste"], [])
     print("(a) sequential STE loop ...", flush=True)
@@ -89,10 +112,15 @@ async def run(endpoint, cfg: BenchExploreConfig) -> dict:
     rows = []
     for level in cfg.in_flight:
         print(f"(b) ste-ray, {level} episodes in flight ...", flush=True)
+        before = cpu_seconds()
         ours = await concurrent(endpoint, specs, cfg.explore, level, level * cfg.episodes_per_slot)
+        ours["cpu_seconds_by_process"] = cpu_used(before, cpu_seconds())
         print(f"(c) raw engine, {level} requests in flight ...", flush=True)
+        filler = await filler_words_for(endpoint, seq["prompt_tokens_per_request"])
+        before = cpu_seconds()
         raw = await run_load(endpoint, level, level * 4, max(1, round(seq["output_tokens_per_request"])),
-                             filler_words=await filler_words_for(endpoint, seq["prompt_tokens_per_request"]))
+                             filler_words=filler)
+        raw["cpu_seconds_by_process"] = cpu_used(before, cpu_seconds())
         rows.append({"in_flight": level, "ste_ray": ours, "raw_engine": raw,
                      "speedup_over_sequential": round(ours["episodes_per_min"] / seq["episodes_per_min"], 2),
                      "tokens_ratio_ste_ray_over_raw": round(ours["output_tokens_per_s"] / raw["output_tokens_per_s"], 3)})
@@ -120,6 +148,11 @@ def main() -> None:
     print()
     print(format_table(["variant", "in flight", "episodes/requests", "episodes/min", "output tok/s",
                         "÷ (a) episodes/min", "(b) ÷ (c) tok/s", "mean in flight"], table))
+    for r in results["levels"]:
+        for name in ("ste_ray", "raw_engine"):
+            wall = r[name]["wall_s"]
+            usage = ", ".join(f"{k} {v / wall:.2f}" for k, v in r[name]["cpu_seconds_by_process"].items())
+            print(f"cores busy during {name} at {r['in_flight']} in flight: {usage}")
     print(f"results: {cfg.output}")
 
 

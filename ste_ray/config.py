@@ -61,8 +61,10 @@ def _coerce(path: str, tp: Any, value: Any, from_cli: bool) -> Any:
             fail(path, f"expected a mapping of {tp.__name__} fields, got {value!r}")
         return _build(tp, value, path)
     origin = typing.get_origin(tp)
-    if from_cli and isinstance(value, str) and (origin in (dict, list) or tp in (dict, list)):
-        # Structured values on the command line are YAML (JSON is YAML): --engine.engine_kwargs '{a: 1}'
+    is_list = tp is list or origin is list
+    if from_cli and isinstance(value, str) and (origin is dict or tp is dict or (is_list and value.lstrip().startswith("["))):
+        # Structured values on the command line are YAML (JSON is YAML): --engine.engine_kwargs '{a: 1}',
+        # --in_flight '[8, 32]'; a list may also be written comma-separated: --in_flight 8,32
         try:
             value = yaml.safe_load(value)
         except yaml.YAMLError as e:

@@ -10,6 +10,7 @@ import socket
 import tempfile
 
 import pytest
+from aiohttp import web
 
 from ste_ray.engine import EngineConfig, Endpoint, explorer_endpoint
 
@@ -50,3 +51,21 @@ def engine(ray_session, engine_config) -> Endpoint:
     with explorer_endpoint(engine_config) as endpoint:
         yield endpoint
     assert engine_config.app_name not in serve.status().applications
+
+
+@pytest.fixture
+async def serve_app():
+    """Serve aiohttp applications on loopback for the duration of a test: ``url = await serve_app(app)``."""
+    runners = []
+
+    async def start(app: web.Application) -> str:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        return f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()

@@ -43,24 +43,14 @@ class ScriptedServer:
 
 
 @pytest.fixture
-async def serve_script():
-    runners = []
-
+def serve_script(serve_app):
     async def start(script=()):
         server = ScriptedServer(script)
         app = web.Application()
         app.router.add_post("/v1/chat/completions", server.chat)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        port = site._server.sockets[0].getsockname()[1]
-        return server, f"http://127.0.0.1:{port}/v1"
+        return server, await serve_app(app) + "/v1"
 
-    yield start
-    for runner in runners:
-        await runner.cleanup()
+    return start
 
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -131,7 +121,7 @@ async def test_concurrency_limit(serve_script):
     assert server.max_in_flight == 3
 
 
-async def test_api_key_header():
+async def test_api_key_header(serve_app):
     seen = {}
 
     async def handler(request):
@@ -140,14 +130,6 @@ async def test_api_key_header():
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
-        async with LLMClient(f"http://127.0.0.1:{port}/v1", "m", api_key="sk-test") as client:
-            await client.chat(MESSAGES)
-    finally:
-        await runner.cleanup()
+    async with LLMClient(await serve_app(app) + "/v1", "m", api_key="sk-test") as client:
+        await client.chat(MESSAGES)
     assert seen["auth"] == "Bearer sk-test"

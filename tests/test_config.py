@@ -43,6 +43,8 @@ def test_cli_forms(tmp_path):
     cfg = load_config(Job, ["--flag", "false", "--tags", "x,y", "--limit", "5", "--inner.ratio=2"])
     assert (cfg.flag, cfg.tags, cfg.limit, cfg.inner.ratio) == (False, ["x", "y"], 5, 2.0)
     assert load_config(Job, ["--limit", "none"]).limit is None
+    assert load_config(Job, ["--tags", "solo"]).tags == ["solo"]  # one element, no comma
+    assert load_config(Job, ["--tags", "[a, b]"]).tags == ["a", "b"]
 
 
 @pytest.mark.parametrize(

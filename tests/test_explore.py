@@ -43,23 +43,18 @@ class FailingEvery3rd:
 
 
 @pytest.fixture
-async def flaky_weather():
+async def flaky_weather(serve_app):
     service = FailingEvery3rd()
     app = web.Application()
     app.router.add_post("/weather", service.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    url = await serve_app(app)
     spec = ToolSpec(
         name="get_weather", description="Current temperature in a city.",
         parameters={"type": "object", "properties": {"city": {"type": "string", "description": "city name"}},
                     "required": ["city"]},
-        executor=Executor(kind="http", base_url=f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}",
-                          path="/weather", body_params=("city",)),
+        executor=Executor(kind="http", base_url=url, path="/weather", body_params=("city",)),
     )
-    yield spec, service
-    await runner.cleanup()
+    return spec, service
 
 
 def tool_cfg(**limits):

@@ -309,23 +309,14 @@ class FlakyService:
 
 
 @pytest.fixture
-async def flaky():
-    runners = []
-
+def flaky(serve_app):
     async def start(script=()):
         service = FlakyService(script)
         app = web.Application()
         app.router.add_post("/op", service.op)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        runners.append(runner)
-        return service, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        return service, await serve_app(app)
 
-    yield start
-    for runner in runners:
-        await runner.cleanup()
+    return start
 
 
 def http_tool(base_url: str, **executor) -> ToolSpec:
