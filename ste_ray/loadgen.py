@@ -5,6 +5,7 @@ serve the same model do the same work and their tokens/s compare directly."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import statistics
 import time
 
@@ -30,8 +31,7 @@ async def run_load(endpoint: Endpoint, concurrency: int, num_requests: int, max_
     latencies: list[float] = []
     async with endpoint.client(max_concurrency=concurrency, max_retries=0) as client:
         await client.chat(prompt(10_000), max_tokens=8, temperature=0)  # warm-up, not counted
-        tokens_before = client.usage.completion_tokens
-        client.usage.prompt_tokens = client.usage.requests = 0
+        before = dataclasses.replace(client.usage)
 
         async def one(i: int) -> None:
             result = await client.chat(
@@ -43,9 +43,10 @@ async def run_load(endpoint: Endpoint, concurrency: int, num_requests: int, max_
         started = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(num_requests)))
         wall = time.perf_counter() - started
-    output_tokens = client.usage.completion_tokens - tokens_before
+    output_tokens = client.usage.completion_tokens - before.completion_tokens
+    requests = client.usage.requests - before.requests
     return {
-        "prompt_tokens_per_request": round(client.usage.prompt_tokens / max(client.usage.requests, 1), 1),
+        "prompt_tokens_per_request": round((client.usage.prompt_tokens - before.prompt_tokens) / max(requests, 1), 1),
         "concurrency": concurrency,
         "requests": num_requests,
         "output_tokens": output_tokens,
