@@ -507,18 +507,17 @@ async def run_exploration(endpoint, specs: list[ToolSpec], settings: ExploreSett
               .remote(endpoint.base_url, endpoint.model, endpoint.api_key, specs, tool_cfg, settings, 256)
               for i in range(settings.num_actors)]
     try:
-        return await _schedule(actors, specs, settings, output, run_id, pending, memory, before, started, progress)
+        return await _schedule(actors, specs, settings, output, run_id, pending, memory, total, before, started, progress)
     finally:
         for actor in actors:
             ray.kill(actor)
 
 
-async def _schedule(actors, specs, settings, output, run_id, pending, memory, before, started, progress):
+async def _schedule(actors, specs, settings, output, run_id, pending, memory, total, before, started, progress):
     from tqdm import tqdm
 
     from ste_ray.schema import EPISODE, TRIAL, write_rows
 
-    total = settings.num_episodes * len(specs)
     load = [0] * len(actors)
     in_flight = {s.name: 0 for s in specs}
     running: dict[asyncio.Future, tuple[EpisodeTask, int]] = {}
