@@ -1,0 +1,97 @@
+"""Constrained decoding: capability detection against local servers that reject, ignore or honour
+vLLM's structured outputs; a run against an endpoint without them falls back with one warning; on
+the real engine, constrained trial turns always parse and their arguments validate against the
+tool's schema, over many samples at temperature 1.0."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import jsonschema
+import pytest
+from aiohttp import web
+
+from ste_ray.client import LLMClient
+from ste_ray.constrained import REFLECTION_REGEX, structured, supports_structured_outputs, turn_regex
+from ste_ray.engine import Endpoint
+from ste_ray.explore import ExploreSettings, parse_reflection, parse_turn, run_exploration, trial_prompt
+from ste_ray.schema import TRIAL, read_dir
+from ste_ray.tools.builtin import select_builtin
+from ste_ray.tools.calls import ToolCallConfig
+
+
+def openai_server(behaviour: str) -> web.Application:
+    """A scripted OpenAI-protocol server (control flow only: no model behind it)."""
+    async def chat(request: web.Request) -> web.Response:
+        body = await request.json()
+        constrained = "structured_outputs" in body
+        if constrained and behaviour == "reject":
+            return web.json_response({"error": {"message": "Unrecognized request argument: structured_outputs"}},
+                                     status=400)
+        text = "yes" if constrained and behaviour == "honour" else "Thought: I know the answer.\nFinal Answer: 42"
+        return web.json_response({"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                               "finish_reason": "stop"}],
+                                  "usage": {"prompt_tokens": 5, "completion_tokens": 4}})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    return app
+
+
+@pytest.mark.parametrize("behaviour, supported", [("reject", False), ("ignore", False), ("honour", True)])
+async def test_probe(serve_app, behaviour, supported):
+    url = await serve_app(openai_server(behaviour))
+    async with LLMClient(url + "/v1", "m", max_retries=0) as client:
+        assert await supports_structured_outputs(client) is supported
+
+
+async def test_run_without_structured_outputs_falls_back_with_a_warning(ray_session, serve_app, tmp_path, caplog):
+    url = await serve_app(openai_server("reject"))
+    settings = ExploreSettings(num_episodes=1, num_stm_slots=1, num_actors=1, constrained=True)
+    with caplog.at_level(logging.WARNING, logger="ste_ray.explore"):
+        result = await run_exploration(Endpoint(url + "/v1", "m"), select_builtin(["add_date"]), settings,
+                                       ToolCallConfig(scope=f"t-{uuid.uuid4().hex[:6]}"), tmp_path,
+                                       "fallback", progress=False)
+    warnings = [r for r in caplog.records if "does not honour vLLM structured outputs" in r.getMessage()]
+    assert len(warnings) == 1 and result.episodes_done == 1 and not result.failures
+    trials = read_dir(tmp_path / "trials", TRIAL).to_pylist()
+    assert len(trials) == 1 and trials[0]["constrained"] is False and trials[0]["final_answer"] == "42"
+
+
+# Tools whose schemas cover strings, integers, numbers, enums and optional arguments, each with a request.
+SAMPLED = {
+    "add_date": "What date is it 45 days after 2024-02-10?",
+    "Stadia Maps Time Zone API%%TZ Lookup by Location": "Which time zone is the point 48.85, 2.35 in?",
+    "Places%%Geographic coordinates by placename": "Where is Lyon? Give me its coordinates.",
+    "hash_text": "Give me the SHA-1 hash of the word 'banana'.",
+    "convert_units": "How many kilometres are 26.2 miles?",
+    "public_holidays": "List the public holidays in Japan in 2025.",
+    "convert_calendar": "What is 2024-03-11 in the Hebrew calendar?",
+    "validate_identifier": "Is DE89370400440532013000 a valid IBAN?",
+}
+SAMPLES_PER_TOOL = 6
+
+
+@pytest.mark.engine
+async def test_constrained_turns_always_parse_and_validate(engine):
+    specs = select_builtin(list(SAMPLED))
+    calls = 0
+    async with engine.client(max_concurrency=8) as llm:
+        for spec in specs:
+            messages = [{"role": "user", "content": trial_prompt(spec, SAMPLED[spec.name])}]
+            result = await llm.chat(messages, temperature=1.0, max_tokens=192, n=SAMPLES_PER_TOOL,
+                                    stop=["Observation:"], extra_body=structured(turn_regex(spec)))
+            assert len(result.texts) == SAMPLES_PER_TOOL
+            for text in result.texts:
+                turn = parse_turn(text, [spec.name])
+                assert turn.error is None, (spec.name, text)
+                assert (turn.action is None) != (turn.final_answer is None), text
+                if turn.action is not None:
+                    jsonschema.validate(turn.arguments, spec.parameters)
+                    calls += 1
+        reflection = await llm.chat([{"role": "user", "content": "Did you fulfill the request? Answer Yes or No."}],
+                                    temperature=1.0, max_tokens=8, n=4, extra_body=structured(REFLECTION_REGEX))
+        assert all(parse_reflection(t) is not None and t in ("Yes", "No") for t in reflection.texts)
+    # The model is told to call the API first: most samples are calls, not final answers.
+    assert calls >= len(specs) * SAMPLES_PER_TOOL // 2
