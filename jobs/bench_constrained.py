@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 
-from ste_ray.config import load_config, option, to_dict
+from ste_ray.config import job_config, option, to_dict
 from ste_ray.engine import EngineConfig, RayConfig, explorer_endpoint, init_ray
 from ste_ray.explore import ExploreSettings, run_exploration, select_tools
 from ste_ray.report import format_table
@@ -75,7 +75,7 @@ async def run(endpoint, cfg: BenchConstrainedConfig) -> dict:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
-    cfg = load_config(BenchConstrainedConfig)
+    cfg = job_config(BenchConstrainedConfig)
     init_ray(cfg.ray)
     with explorer_endpoint(cfg.engine, cfg.ray) as endpoint:
         results = asyncio.run(run(endpoint, cfg))

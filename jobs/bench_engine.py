@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from ste_ray.config import fail, load_config, option, to_dict
+from ste_ray.config import fail, job_config, option, to_dict
 from ste_ray.engine import EngineConfig, RayConfig, explorer_endpoint, vllm_server
 from ste_ray.loadgen import run_load
 from ste_ray.report import format_table
@@ -52,7 +52,7 @@ def measure(endpoint, cfg: BenchEngineConfig) -> list[dict]:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
-    cfg = load_config(BenchEngineConfig)
+    cfg = job_config(BenchEngineConfig)
     idle_used = psutil.virtual_memory().used
 
     print("Ray Serve endpoint (ray.serve.llm) ...", flush=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from ste_ray.config import fail, load_config, option, to_dict
+from ste_ray.config import fail, job_config, option, to_dict
 from ste_ray.engine import EngineConfig, RayConfig, explorer_endpoint, init_ray
 from ste_ray.evaluate import METRICS_HEADERS, EvalSettings, metrics_table_rows, run_benchmark
 from ste_ray.model import resolve_model
@@ -48,7 +48,7 @@ def summary(results) -> dict:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
-    cfg = load_config(BenchEvaluateConfig)
+    cfg = job_config(BenchEvaluateConfig)
     init_ray(cfg.ray)
     model_dir = resolve_model(cfg.engine.model, cfg.engine.cache_dir or None)
     tokenizer = model_dir if Path(model_dir).is_dir() else None

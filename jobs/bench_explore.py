@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from ste_ray.config import fail, load_config, option, to_dict
+from ste_ray.config import fail, job_config, option, to_dict
 from ste_ray.engine import EngineConfig, RayConfig, explorer_endpoint, init_ray
 from ste_ray.explore import EpisodeTask, ExploreSettings, run_episode, run_exploration, select_tools
 from ste_ray.loadgen import filler_words_for, run_load
@@ -129,7 +129,7 @@ async def run(endpoint, cfg: BenchExploreConfig) -> dict:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
-    cfg = load_config(BenchExploreConfig)
+    cfg = job_config(BenchExploreConfig)
     init_ray(cfg.ray)
     with explorer_endpoint(cfg.engine, cfg.ray) as endpoint:
         results = asyncio.run(run(endpoint, cfg))

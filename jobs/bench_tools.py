@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from ste_ray.config import fail, load_config, option, to_dict
+from ste_ray.config import fail, job_config, option, to_dict
 from ste_ray.engine import RayConfig, init_ray
 from ste_ray.report import format_table
 from ste_ray.tools.builtin import builtin_by_name, builtin_tools
@@ -120,7 +120,7 @@ async def run(cfg: BenchToolsConfig) -> dict:
 
 
 def main() -> None:
-    cfg = load_config(BenchToolsConfig)
+    cfg = job_config(BenchToolsConfig)
     init_ray(dataclasses.replace(cfg.ray, include_dashboard=False))
     results = asyncio.run(run(cfg))
     results = {"benchmark": "tools", "machine": {"cpus": psutil.cpu_count(), "platform": platform.platform()},

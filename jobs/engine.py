@@ -13,7 +13,7 @@ import signal
 
 from ray import serve
 
-from ste_ray.config import fail, load_config, option
+from ste_ray.config import fail, job_config, option
 from ste_ray.engine import EngineConfig, RayConfig, check_endpoint, deploy, init_ray
 
 
@@ -34,7 +34,7 @@ class EngineJobConfig:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = load_config(EngineJobConfig)
+    cfg = job_config(EngineJobConfig)
     init_ray(cfg.ray)
     endpoint = deploy(cfg.engine)
     asyncio.run(check_endpoint(endpoint))

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from ste_ray.config import fail, load_config, option, to_dict, validate_all
+from ste_ray.config import fail, job_config, option, to_dict
 from ste_ray.engine import EngineConfig, RayConfig, explorer_endpoint
 from ste_ray.evaluate import (JUDGES, METRICS_HEADERS, Benchmark, EvalSettings, Setting, bar_chart, benchmark_dir,
                               llm_judge, load_demo_pool, metrics_table_rows, per_batch_rows, run_benchmark, score,
@@ -98,8 +98,7 @@ async def score_file(cfg: EvaluateConfig, judge_endpoint) -> dict:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
-    cfg = load_config(EvaluateConfig)
-    validate_all(cfg.engine)  # again: the shorthands may have changed it
+    cfg = job_config(EvaluateConfig)
     if cfg.predictions:
         with endpoints(cfg, need_model=False) as (_, judge_endpoint):
             result = asyncio.run(score_file(cfg, judge_endpoint))

@@ -14,7 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
-from ste_ray.config import fail, load_config, option, to_dict, validate_all
+from ste_ray.config import fail, job_config, option, to_dict
 from ste_ray.engine import EngineConfig, RayConfig, explorer_endpoint, init_ray
 from ste_ray.explore import (SUMMARY_HEADERS, ExploreSettings, check_output, package_versions, run_exploration,
                              select_tools, tool_specs_hash, write_manifest)
@@ -59,9 +59,8 @@ class ExploreConfig:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
-    cfg = load_config(ExploreConfig)
+    cfg = job_config(ExploreConfig)
     # Everything that can be checked is checked before Ray or the engine start.
-    validate_all(cfg.engine)  # again: the shorthands (--explorer-url, --model) may have changed it
     try:
         specs = select_tools(cfg.tools, cfg.apis)
     except ValueError as e:

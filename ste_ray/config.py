@@ -124,7 +124,12 @@ def _build(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
     for f in dataclasses.fields(cls):
         if f.name in values:
             path = f"{prefix}.{f.name}" if prefix else f.name
-            kwargs[f.name] = _coerce(path, hints[f.name], values[f.name], from_cli=False)
+            value = _coerce(path, hints[f.name], values[f.name], from_cli=False)
+            if dataclasses.is_dataclass(value) and f.default_factory is not dataclasses.MISSING:
+                # A section given in YAML starts from the job's own default for it, not the section class's.
+                given = {k: getattr(value, k) for k in values[f.name]}
+                value = dataclasses.replace(f.default_factory(), **given)
+            kwargs[f.name] = value
     return cls(**kwargs)
 
 
@@ -143,12 +148,13 @@ def _leaf_fields(cls: type, prefix: str = "") -> typing.Iterator[tuple[str, Any,
             yield path, hints[f.name], f
 
 
-def _default_of(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None
+def _default_at(cls: type, path: str) -> Any:
+    """A flag's default as the job sees it: read off a default instance, so that a job's own
+    default for a nested section (e.g. a longer context for evaluation) is the one shown."""
+    value: Any = cls()
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def _type_name(tp: Any) -> str:
@@ -168,7 +174,7 @@ def build_parser(cls: type, description: str | None = None) -> argparse.Argument
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file with any of the fields below")
     for path, tp, f in _leaf_fields(cls):
         help_text = f.metadata.get("help", "")
-        default = _default_of(f)
+        default = _default_at(cls, path)
         flags = [f"--{path}"]
         if "_" in path:
             flags.append(f"--{path.replace('_', '-')}")
@@ -233,6 +239,18 @@ def load_config(cls: type[T], argv: list[str] | None = None, description: str | 
     return cfg
 
 
+def job_config(cls: type[T]) -> T:
+    """``load_config`` for a job's command line: a bad value ends the program with the error and no
+    traceback. Validated twice, because a job's own ``validate`` may fill in sections from its
+    shorthands (``--explorer-url``) and those must be checked again."""
+    try:
+        cfg = load_config(cls)
+        validate_all(cfg)
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+    return cfg
+
+
 def _set_cli(cfg: Any, path: str, raw: str) -> None:
     *parents, leaf = path.split(".")
     node = cfg
@@ -257,7 +275,7 @@ def flags_markdown(cls: type) -> str:
     """The flags of a config as a Markdown table (the README's flag reference is made with this)."""
     lines = ["| flag | default | meaning |", "| --- | --- | --- |"]
     for path, _, f in _leaf_fields(cls):
-        default = _default_of(f)
+        default = _default_at(cls, path)
         shown = json.dumps(default) if isinstance(default, (dict, list, str)) else default
         help_text = f.metadata.get("help", "").replace("|", "\\|")
         lines.append(f"| `--{path}` | `{shown}` | {help_text} |")

@@ -324,8 +324,8 @@ def load_demo_pool(source: str, benchmark: Benchmark) -> list[dict[str, str]]:
     own item is excluded when retrieving), or a directory/file of Parquet: exploration trials (the
     first call that parsed and executed) or rows with query/action/action_input columns."""
     if source == "benchmark":
-        return [{"query": it["query"], "action": it["action"], "action_input": it["action_input"], "api": api}
-                for api, items in benchmark.tests.items() for it in items]
+        return [{k: it[k] for k in ("query", "action", "action_input")} for items in benchmark.tests.values()
+                for it in items]
     import pyarrow.parquet as pq
 
     path = Path(source)
@@ -344,7 +344,7 @@ def load_demo_pool(source: str, benchmark: Benchmark) -> list[dict[str, str]]:
             demo = {k: row[k] for k in ("query", "action", "action_input")}
         if demo["query"] and demo["query"] not in seen:
             seen.add(demo["query"])
-            pool.append({**demo, "api": demo["action"]})
+            pool.append(demo)
     if not pool:
         raise ValueError(f"demo_pool: {source} holds no usable demonstration")
     return pool
@@ -391,9 +391,8 @@ class EvalSettings:
 
 @dataclasses.dataclass
 class Query:
-    api: str
-    index: int  # within its API
-    item: dict[str, Any]
+    api: str  # the ground truth's
+    item: dict[str, Any]  # query, action, action_input
 
 
 def select_queries(benchmark: Benchmark, apis: list[str], limit: int) -> list[Query]:
@@ -401,7 +400,7 @@ def select_queries(benchmark: Benchmark, apis: list[str], limit: int) -> list[Qu
     if unknown:
         raise ValueError(f"apis: {', '.join(map(repr, unknown))} are not benchmark APIs")
     chosen = apis or list(benchmark.tests)
-    return [Query(api, i, item) for api in chosen for i, item in enumerate(benchmark.tests[api][:limit or None])]
+    return [Query(api, item) for api in chosen for item in benchmark.tests[api][:limit or None]]
 
 
 class PromptFitter:

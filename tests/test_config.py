@@ -109,3 +109,19 @@ def test_nested_engine_errors_carry_the_section():
 
     with pytest.raises(ConfigError, match=r"^engine\.mode:"):
         from_dict(WithEngine, {"engine": {"mode": "nope"}})
+
+
+@dataclasses.dataclass
+class JobWithOwnDefaults:
+    inner: Inner = option(default_factory=lambda: Inner(size=7), help="a section with the job's own default")
+
+
+def test_a_jobs_own_section_default_holds_for_yaml_cli_and_help(tmp_path):
+    from ste_ray.config import flags_markdown
+
+    path = tmp_path / "job.yaml"
+    path.write_text("inner: {ratio: 0.25}\n")
+    cfg = load_config(JobWithOwnDefaults, ["--config", str(path)])
+    assert (cfg.inner.size, cfg.inner.ratio) == (7, 0.25)
+    assert load_config(JobWithOwnDefaults, ["--inner.ratio", "0.1"]).inner.size == 7
+    assert "| `--inner.size` | `7` |" in flags_markdown(JobWithOwnDefaults)

@@ -88,14 +88,15 @@ def test_cluster_files_are_consistent():
     assert launcher["available_node_types"]["gpu"]["min_workers"] == 0
 
 
-def test_readme_documents_every_explore_flag():
+@pytest.mark.parametrize("job, config", [("explore", "ExploreConfig"), ("evaluate", "EvaluateConfig")])
+def test_readme_documents_every_flag(job, config):
     from ste_ray.config import flags_markdown
 
-    spec = importlib.util.spec_from_file_location("explore_job", ROOT / "jobs/explore.py")
+    spec = importlib.util.spec_from_file_location(f"{job}_job", ROOT / f"jobs/{job}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     readme = (ROOT / "README.md").read_text()
-    for row in flags_markdown(module.ExploreConfig).splitlines()[2:]:
+    for row in flags_markdown(getattr(module, config)).splitlines()[2:]:
         flag = row.split("`")[1]
         assert f"`{flag}`" in readme, f"{flag} is not documented in the README"
 
