@@ -27,9 +27,15 @@ THOUGHT = r"Thought: [^\n]{1,100}\n"
 FINAL = r"Final Answer: [^\n]{1,240}"
 
 
+def literal(text: str) -> str:
+    """``text`` as a regex that matches it exactly. Spaces stay unescaped: vLLM's grammar backend
+    (xgrammar) warns on every request about the "\\ " that ``re.escape`` writes."""
+    return re.escape(text).replace("\\ ", " ")
+
+
 def value_regex(schema: dict[str, Any]) -> str:
     if "enum" in schema:
-        return "(" + "|".join(re.escape(json.dumps(v, ensure_ascii=False)) for v in schema["enum"]) + ")"
+        return "(" + "|".join(literal(json.dumps(v, ensure_ascii=False)) for v in schema["enum"]) + ")"
     types = schema.get("type", "string")
     types = types if isinstance(types, list) else [types]
     parts = {"string": STRING, "integer": INTEGER, "number": NUMBER, "boolean": BOOLEAN}
@@ -42,7 +48,7 @@ def arguments_regex(spec: ToolSpec) -> str:
     one, nothing else."""
     props = spec.parameters.get("properties", {})
     names = list(props)
-    fields = [re.escape(json.dumps(n, ensure_ascii=False)) + ": " + value_regex(props[n]) for n in names]
+    fields = [literal(json.dumps(n, ensure_ascii=False)) + ": " + value_regex(props[n]) for n in names]
     required = [n in spec.required for n in names]
 
     def rest(i: int) -> str:  # the fields after one already written, each preceded by ", "
@@ -60,9 +66,12 @@ def arguments_regex(spec: ToolSpec) -> str:
     return r"\{" + body + r"\}"
 
 
+def call_regex(spec: ToolSpec) -> str:
+    return "Action: " + literal(spec.name) + r"\nAction Input: " + arguments_regex(spec)
+
+
 def turn_regex(spec: ToolSpec) -> str:
-    call = "Action: " + re.escape(spec.name) + r"\nAction Input: " + arguments_regex(spec)
-    return THOUGHT + "(" + call + "|" + FINAL + ")"
+    return THOUGHT + "(" + call_regex(spec) + "|" + FINAL + ")"
 
 
 REFLECTION_REGEX = "(Yes|No)"

@@ -280,11 +280,10 @@ def build_prompt(benchmark: Benchmark, apis: list[str], query: str, demos: list[
 
 def constrained_regex(benchmark: Benchmark, apis: list[str]) -> str:
     """One call of one of the prompt's APIs with schema-valid arguments, or a Final Answer."""
-    from ste_ray.constrained import FINAL, arguments_regex
+    from ste_ray.constrained import FINAL, call_regex
     from ste_ray.tools.loaders import ste_api_spec
 
-    calls = [f"Action: {re.escape(a)}\\nAction Input: " + arguments_regex(ste_api_spec(a, benchmark.descriptions[a], a))
-             for a in apis]
+    calls = [call_regex(ste_api_spec(a, benchmark.descriptions[a], a)) for a in apis]
     return "(" + "|".join(calls + [FINAL]) + ")"
 
 
