@@ -16,7 +16,7 @@ import psutil
 
 from ste_ray.config import fail, job_config, option, to_dict
 from ste_ray.engine import EngineConfig, RayConfig, explorer_endpoint, init_ray
-from ste_ray.evaluate import METRICS_HEADERS, EvalSettings, metrics_table_rows, run_benchmark
+from ste_ray.evaluate import METRICS_HEADERS, Benchmark, EvalSettings, metrics_table_rows, run_benchmark
 from ste_ray.model import resolve_model
 from ste_ray.report import format_table
 
@@ -30,14 +30,19 @@ class BenchEvaluateConfig:
                                   help="The model under evaluation (started twice: prefix caching on, then off)")
     eval: EvalSettings = option(default_factory=lambda: EvalSettings(settings=["all", "top5", "top5+demos4"]),
                                 help="Settings run on every query")
-    cache_queries_per_api: int = option(1, help="Queries per API of the prefix-caching comparison ('all' setting)")
-    output: str = option("results/bench_evaluate.json", help="Where the JSON results go")
+    cache_queries: int = option(16, help="Queries of the prefix-caching comparison (one from each of the first APIs)")
+    cache_in_flight: int = option(
+        8, help="Requests in flight in the comparison: without caching, each 'all' prompt holds ~7,600 tokens of "
+        "KV cache, and more than fit make vLLM preempt and recompute them")
+    output: str = option("results/bench_evaluate.json", help="Where the JSON results go (written after each phase)")
 
     def validate(self) -> None:
         if self.engine.mode != "start":
             fail("engine.mode", "the benchmark starts the engine itself (twice), so it must be 'start'")
-        if self.cache_queries_per_api < 1:
-            fail("cache_queries_per_api", "must be at least 1")
+        if not 1 <= self.cache_queries <= 50:
+            fail("cache_queries", "must be between 1 and 50 (one query from each API)")
+        if self.cache_in_flight < 1:
+            fail("cache_in_flight", "must be at least 1")
 
 
 def summary(results) -> dict:
@@ -52,33 +57,36 @@ def main() -> None:
     init_ray(cfg.ray)
     model_dir = resolve_model(cfg.engine.model, cfg.engine.cache_dir or None)
     tokenizer = model_dir if Path(model_dir).is_dir() else None
-    subset = dataclasses.replace(cfg.eval, settings=["all"], limit=cfg.cache_queries_per_api)
+    comparison = dataclasses.replace(cfg.eval, settings=["all"], limit=1, max_in_flight=cfg.cache_in_flight,
+                                     apis=list(Benchmark.load(cfg.eval.benchmark_dir).apis[:cfg.cache_queries]))
+    results = {"benchmark": "evaluate", "machine": {"cpus": psutil.cpu_count(), "platform": platform.platform()},
+               "config": to_dict(cfg), "judge": "none (string match for every API)"}
+    out = Path(cfg.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
     with explorer_endpoint(cfg.engine, cfg.ray) as endpoint:
         print(f"settings {', '.join(cfg.eval.settings)} on {cfg.eval.limit or 'all'} queries per API ...", flush=True)
         runs = asyncio.run(run_benchmark(endpoint, cfg.eval, cfg.engine.max_model_len, tokenizer, "none"))
+        results["settings"] = summary(runs)
+        out.write_text(json.dumps(results, indent=2))
         print("prefix caching on: 'all' on the comparison queries ...", flush=True)
-        cached = asyncio.run(run_benchmark(endpoint, subset, cfg.engine.max_model_len, tokenizer, "none"))[0]
+        cached = asyncio.run(run_benchmark(endpoint, comparison, cfg.engine.max_model_len, tokenizer, "none"))[0]
     no_cache = dataclasses.replace(cfg.engine, enable_prefix_caching=False)
     with explorer_endpoint(no_cache, cfg.ray) as endpoint:
         print("prefix caching off: 'all' on the comparison queries ...", flush=True)
-        uncached = asyncio.run(run_benchmark(endpoint, subset, cfg.engine.max_model_len, tokenizer, "none"))[0]
-
-    results = {"benchmark": "evaluate", "machine": {"cpus": psutil.cpu_count(), "platform": platform.platform()},
-               "config": to_dict(cfg), "judge": "none (string match for every API)", "settings": summary(runs),
-               "prefix_caching": {"queries": cached.scored.metrics["n"],
-                                  "on": summary([cached])["all"], "off": summary([uncached])["all"],
-                                  "speedup": round(uncached.elapsed_s / cached.elapsed_s, 2),
-                                  "same_outputs": sum(a["model_output"] == b["model_output"]
-                                                      for api in cached.predictions
-                                                      for a, b in zip(cached.predictions[api], uncached.predictions[api]))}}
-    Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(cfg.output).write_text(json.dumps(results, indent=2))
+        uncached = asyncio.run(run_benchmark(endpoint, comparison, cfg.engine.max_model_len, tokenizer, "none"))[0]
+    results["prefix_caching"] = {
+        "queries": cached.scored.metrics["n"], "in_flight": cfg.cache_in_flight,
+        "on": summary([cached])["all"], "off": summary([uncached])["all"],
+        "speedup": round(uncached.elapsed_s / cached.elapsed_s, 2),
+        "same_outputs": sum(a["model_output"] == b["model_output"] for api in cached.predictions
+                            for a, b in zip(cached.predictions[api], uncached.predictions[api]))}
+    out.write_text(json.dumps(results, indent=2))
     print()
     print(format_table([*METRICS_HEADERS, "queries/s"],
                        [row + [round(r.scored.metrics["n"] / r.elapsed_s, 2)] for row, r in zip(metrics_table_rows(runs), runs)]))
     pc = results["prefix_caching"]
-    print(f"\nprefix caching, 'all' setting, {pc['queries']} queries: {pc['on']['wall_s']}s on, {pc['off']['wall_s']}s off "
-          f"→ {pc['speedup']}× (identical outputs: {pc['same_outputs']}/{pc['queries']})")
+    print(f"\nprefix caching, 'all' setting, {pc['queries']} queries, {pc['in_flight']} in flight: {pc['on']['wall_s']}s on, "
+          f"{pc['off']['wall_s']}s off → {pc['speedup']}× (identical outputs: {pc['same_outputs']}/{pc['queries']})")
     print(f"results: {cfg.output}")
 
 
