@@ -198,3 +198,16 @@ async def test_runner_on_the_real_engine_rescores_to_the_same_numbers(engine, en
     assert all(m["no_call"] or not m["err"] for ms in constrained.scored.marks.values() for m in ms)
     for api, items in constrained.predictions.items():
         assert all(api in item["API_name_list"] for item in items)  # oracle: the ground truth is offered
+
+
+@needs_files
+async def test_per_batch_metrics_match_the_papers_continual_learning_figures(benchmark):
+    """The paper's notebook scores llama-7Bf_FT_flan.json per CL batch; per_batch_rows must agree."""
+    from ste_ray.evaluate import SettingResult, benchmark_dir, per_batch_rows
+
+    scored = await score(load("llama-7Bf_FT_flan.json"), benchmark.string_match, judge="stored")
+    batches = json.loads((benchmark_dir() / "CL_batches.json").read_text())
+    rows = per_batch_rows(SettingResult("flan", {}, scored, 0.0, 0, 0, 0), batches)
+    assert [row[1:] for row in rows] == [
+        [0, 180, 100.0, 92.222, 73.333], [1, 195, 100.0, 98.974, 87.179],
+        [2, 180, 100.0, 92.778, 68.333], [3, 195, 95.897, 96.791, 67.179]]
