@@ -101,60 +101,82 @@ def test_readme_documents_every_flag(job, config):
         assert f"`{flag}`" in readme, f"{flag} is not documented in the README"
 
 
-@pytest.mark.engine
-@pytest.mark.skipif(os.environ.get("STE_RAY_TEST_JOB_SUBMIT") != "1", reason=(
-    "opt-in (STE_RAY_TEST_JOB_SUBMIT=1): passes run alone, but inside the full suite the job's actors "
-    "did not reach the second Ray cluster on this host (RuntimeEnvSetupError); not yet understood"))
-def test_explore_under_ray_job_submit(engine, engine_config, tmp_path):
-    """The README's cluster path: a separate Ray cluster (own processes, own temp dir), the job
-    submitted through Ray's Jobs API with the repository as working dir, joining with address=auto."""
+@pytest.fixture
+def head_node(tmp_path):
+    """A second Ray cluster on this host started the way the README starts one, `ray start --head`,
+    with its own temp dir and ports (the test session's Ray instance holds the defaults). Yields its
+    dashboard URL; afterwards every process it started is killed (not `ray stop`, which would stop
+    the session's cluster too)."""
+    import signal
     import tempfile
     import time
 
-    from ray.cluster_utils import Cluster
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
     from tests.conftest import free_port
 
+    temp_dir = tempfile.mkdtemp(prefix="ray-j", dir="/tmp")  # short: Unix socket paths under it
     dashboard_port = free_port()
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 4, "include_dashboard": True, "dashboard_port": dashboard_port,
-        # Its own agent ports: the test session's Ray instance on this host holds the defaults, and a
-        # raylet that reaches the other cluster's runtime-env agent cannot fetch its working_dir.
-        "dashboard_agent_listen_port": free_port(), "runtime_env_agent_port": free_port(),
-        "metrics_export_port": free_port(),
-        "temp_dir": tempfile.mkdtemp(prefix="ray-j", dir="/tmp")})
+    ports = {"--port": free_port(), "--dashboard-port": dashboard_port, "--ray-client-server-port": free_port(),
+             "--dashboard-agent-listen-port": free_port(), "--runtime-env-agent-port": free_port(),
+             "--metrics-export-port": free_port()}
+    with (tmp_path / "ray-start.log").open("w") as log:
+        head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+                                 "--num-cpus", "4", "--temp-dir", temp_dir, "--disable-usage-stats",
+                                 *(str(a) for kv in ports.items() for a in kv)],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        token = Path.home() / ".ray" / "auth_token"
-        headers = {"Authorization": f"Bearer {token.read_text().strip()}"} if token.exists() else None
-        client = JobSubmissionClient(f"http://127.0.0.1:{dashboard_port}", headers=headers)
-        output = tmp_path / "out"
-        submit = lambda: client.submit_job(
-            entrypoint=f"{sys.executable} jobs/explore.py --ray.address auto --engine.mode attach "
-                       f"--engine.port {engine_config.port} --apis add_date --output {output} "
-                       "--explore.num_episodes 1 --explore.num_stm_slots 1 --explore.max_turn 1 "
-                       "--explore.num_actors 1 --explore.turn_max_tokens 160",
-            runtime_env={"working_dir": str(ROOT),
-                         "excludes": [".venv", ".git", "outputs", "results", "*.egg-info", "__pycache__"]},
-        )
         deadline = time.monotonic() + 60
-        while True:  # the head's job agent comes up some seconds after the cluster
-            try:
-                job = submit()
-                break
-            except RuntimeError as e:
-                assert "No available agent" in str(e) and time.monotonic() < deadline, e
-                time.sleep(2)
-        deadline = time.monotonic() + 600
-        while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-            assert time.monotonic() < deadline, "the job did not finish"
-            time.sleep(1)
-        logs = client.get_job_logs(job)
-        assert status == JobStatus.SUCCEEDED, logs[-3000:]
-        assert f"wrote {output}/trials/" in logs
-        assert "1 episodes in" in logs and "failed for good: 0" in logs, logs[-3000:]
-        import pyarrow.parquet as pq
-
-        assert len(pq.read_table(output / "episodes")) == 1
+        while not Path(temp_dir, "ray_current_cluster").exists():
+            assert head.poll() is None, (tmp_path / "ray-start.log").read_text()
+            assert time.monotonic() < deadline, "ray start --head did not come up"
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{dashboard_port}"
     finally:
-        cluster.shutdown()
+        # The cluster's processes share the `ray start` process group.
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+
+
+@pytest.mark.engine
+def test_explore_under_ray_job_submit(engine, engine_config, head_node, tmp_path):
+    """The README's cluster path: the job submitted through Ray's Jobs API to a `ray start --head`
+    cluster, the repository as working dir, joining with --ray.address auto. The job supervisor finds
+    its cluster through the `ray_current_cluster` file that `ray start` writes into its temp dir."""
+    import time
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    token = Path.home() / ".ray" / "auth_token"
+    headers = {"Authorization": f"Bearer {token.read_text().strip()}"} if token.exists() else None
+    output = tmp_path / "out"
+    submit = lambda client: client.submit_job(
+        entrypoint=f"{sys.executable} jobs/explore.py --ray.address auto --engine.mode attach "
+                   f"--engine.port {engine_config.port} --apis add_date --output {output} "
+                   "--explore.num_episodes 1 --explore.num_stm_slots 1 --explore.max_turn 1 "
+                   "--explore.num_actors 1 --explore.turn_max_tokens 160",
+        runtime_env={"working_dir": str(ROOT),
+                     "excludes": [".venv", ".git", "outputs", "results", "*.egg-info", "__pycache__"]},
+    )
+    deadline = time.monotonic() + 60
+    while True:  # the head's dashboard and job agent come up some seconds after the cluster
+        try:
+            client = JobSubmissionClient(head_node, headers=headers)
+            job = submit(client)
+            break
+        except (RuntimeError, ConnectionError) as e:
+            assert time.monotonic() < deadline, e
+            time.sleep(2)
+    deadline = time.monotonic() + 600
+    while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+        assert time.monotonic() < deadline, "the job did not finish"
+        time.sleep(1)
+    logs = client.get_job_logs(job)
+    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    assert f"wrote {output}/trials/" in logs
+    assert "1 episodes in" in logs and "failed for good: 0" in logs, logs[-3000:]
+    import pyarrow.parquet as pq
+
+    assert len(pq.read_table(output / "episodes")) == 1
