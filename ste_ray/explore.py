@@ -276,6 +276,8 @@ class Conversation:
         self.messages: list[dict[str, str]] = []
         self.episode, self.visualize = episode, visualize
         self.prompt_tokens = self.completion_tokens = 0
+        self.model_latency_s = 0.0
+        self.completion_tokens_per_request: list[int] = []
 
     def add(self, role: str, content: str) -> None:
         self.messages.append({"role": role, "content": content})
@@ -291,6 +293,8 @@ class Conversation:
             raise
         self.prompt_tokens += result.usage.get("prompt_tokens", 0)
         self.completion_tokens += result.usage.get("completion_tokens", 0)
+        self.model_latency_s += result.latency_s
+        self.completion_tokens_per_request.append(result.usage.get("completion_tokens", 0))
         self.add("assistant", result.text)
         return result.text
 
@@ -316,6 +320,7 @@ async def run_episode(llm: LLMClient, tools: ToolBox, spec: ToolSpec, task: Epis
         "conversation": json.dumps(chat.messages, ensure_ascii=False), "num_trials": len(trials),
         "stop_reason": stop_reason, "memory_size": len(task.memory), "prompt_tokens": chat.prompt_tokens,
         "completion_tokens": chat.completion_tokens, "latency_s": time.perf_counter() - started,
+        "model_latency_s": chat.model_latency_s, "completion_tokens_per_request": chat.completion_tokens_per_request,
     }
     return {"episode": episode, "trials": trials}
 

@@ -1,6 +1,7 @@
 """Closed-loop load against an OpenAI-compatible endpoint: ``concurrency`` requests always in
 flight, each asked for exactly ``max_tokens`` output tokens (``ignore_eos``), so two endpoints that
-serve the same model do the same work and their tokens/s compare directly."""
+serve the same model do the same work and their tokens/s compare directly. Each run salts vLLM's
+prefix cache (``cache_salt``), so it never reuses what an earlier run on the engine left cached."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import dataclasses
 import statistics
 import time
+import uuid
 
 from ste_ray.engine import Endpoint
 
@@ -29,6 +31,7 @@ async def run_load(endpoint: Endpoint, concurrency: int, num_requests: int, max_
                    filler_words: int = 0) -> dict:
     """Send ``num_requests`` requests, ``concurrency`` at a time; return throughput and latency."""
     latencies: list[float] = []
+    salt = uuid.uuid4().hex
     async with endpoint.client(max_concurrency=concurrency, max_retries=0) as client:
         await client.chat(prompt(10_000), max_tokens=8, temperature=0)  # warm-up, not counted
         before = dataclasses.replace(client.usage)
@@ -36,7 +39,7 @@ async def run_load(endpoint: Endpoint, concurrency: int, num_requests: int, max_
         async def one(i: int) -> None:
             result = await client.chat(
                 prompt(i, filler_words), max_tokens=max_tokens, temperature=1.0,
-                extra_body={"ignore_eos": True},
+                extra_body={"ignore_eos": True, "cache_salt": salt},
             )
             latencies.append(result.latency_s)
 

@@ -61,6 +61,10 @@ EPISODE = pa.schema([
     ("prompt_tokens", pa.int64()),
     ("completion_tokens", pa.int64()),
     ("latency_s", pa.float64()),
+    # Of latency_s, the time the episode's model requests took; the rest is tool calls, parsing
+    # and waiting for the actor's event loop.
+    ("model_latency_s", pa.float64()),
+    ("completion_tokens_per_request", pa.list_(pa.int32())),  # each model reply's length, in order
 ])
 
 

@@ -77,6 +77,7 @@ async def test_run_writes_parquet_and_survives_a_failing_tool(ray_session, engin
         conversation = json.loads(e["conversation"])
         assert conversation[0]["role"] == "user" and "API_name: " + e["api"] in conversation[0]["content"]
         assert e["completion_tokens"] > 0
+        assert 0 < e["model_latency_s"] < e["latency_s"]  # the rest: tool calls, parsing, scheduling
     for t in trials:
         assert t["query"] and t["constrained"] and t["executed"]
         assert t["success"] in (True, False)  # constrained reflection always gives Yes or No

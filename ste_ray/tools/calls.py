@@ -296,8 +296,9 @@ class ToolBox:
             ).remote(group, members, self.cfg, secrets)
             for group, members in groups.items()
         }
-        # An actor found by name may have been created by another caller with fewer tools.
-        ray.get([self.actors[g].add_tools.remote(members, secrets) for g, members in groups.items()])
+        # An actor found by name may have been created by another caller with fewer tools. Awaited
+        # before the first call, not here: a blocking ray.get would stall an async actor's loop.
+        self._registering = [self.actors[g].add_tools.remote(members, secrets) for g, members in groups.items()]
         self.actor_of = {s.name: self.actors[g] for g, members in groups.items() for s in members}
 
     async def call(self, name: str, arguments: Any) -> Observation:
@@ -314,9 +315,16 @@ class ToolBox:
                                    "invalid_arguments")
         if not isinstance(arguments, dict):
             return Observation(name, False, "Error: the Action Input must be a JSON object", "invalid_arguments")
+        await self._registered()
         return await self.actor_of[name].call.remote(name, arguments)
 
+    async def _registered(self) -> None:
+        if self._registering:
+            await asyncio.gather(*self._registering)
+            self._registering = []
+
     async def stats(self) -> dict[str, dict[str, Any]]:
+        await self._registered()
         merged: dict[str, dict[str, Any]] = {}
         for part in await asyncio.gather(*(a.stats.remote() for a in self.actors.values())):
             merged.update(part)
