@@ -400,6 +400,9 @@ class ExplorerActor:
     async def run(self, task: EpisodeTask) -> dict[str, Any]:
         return await run_episode(self.llm, self.tools, self.specs[task.api], task, self.settings)
 
+    async def close(self) -> None:
+        await self.llm.close()
+
     def pid(self) -> int:
         import os
 
@@ -514,6 +517,8 @@ async def run_exploration(endpoint, specs: list[ToolSpec], settings: ExploreSett
     try:
         return await _schedule(actors, specs, settings, output, run_id, pending, memory, total, before, started, progress)
     finally:
+        # Close the actors' HTTP sessions before killing them (else aiohttp warns of unclosed sessions).
+        await asyncio.wait([asyncio.ensure_future(actor.close.remote()) for actor in actors], timeout=10)
         for actor in actors:
             ray.kill(actor)
 
