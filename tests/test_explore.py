@@ -78,6 +78,9 @@ async def test_run_writes_parquet_and_survives_a_failing_tool(ray_session, engin
         assert conversation[0]["role"] == "user" and "API_name: " + e["api"] in conversation[0]["content"]
         assert e["completion_tokens"] > 0
         assert 0 < e["model_latency_s"] < e["latency_s"]  # the rest: tool calls, parsing, scheduling
+        replies = e["completion_tokens_per_request"]  # one per assistant message: a replayable record
+        assert len(replies) == sum(m["role"] == "assistant" for m in conversation)
+        assert sum(replies) == e["completion_tokens"]
     for t in trials:
         assert t["query"] and t["constrained"] and t["executed"]
         assert t["success"] in (True, False)  # constrained reflection always gives Yes or No
