@@ -1,4 +1,5 @@
-"""Run the explorer engine as a long-lived Ray Serve application that other jobs attach to.
+"""Run a model endpoint (the embedded model by default) as a long-lived Ray Serve application that
+other jobs attach to.
 
     python jobs/engine.py                      # local Ray; serves until Ctrl-C
     python jobs/engine.py --ray.address auto --detach    # deploy onto a running cluster and exit
@@ -8,18 +9,20 @@ Other jobs then use it with ``--engine.mode attach`` (same host/port) instead of
 
 import asyncio
 import dataclasses
-import logging
 import signal
 
 from ray import serve
 
+from ste_ray.client import LLMError
 from ste_ray.config import fail, job_config, option
-from ste_ray.engine import EngineConfig, RayConfig, check_endpoint, deploy, init_ray
+from ste_ray.engine import EngineConfig, EngineUnplaceable, check_endpoint, deploy
+from ste_ray.model import ModelNotFoundError
+from ste_ray.runtime import RayConfig, init_ray, run_job
 
 
 @dataclasses.dataclass
 class EngineJobConfig:
-    """Start the explorer engine (vLLM in Ray Serve, OpenAI protocol) and keep it running."""
+    """Start a model engine (vLLM in Ray Serve, OpenAI protocol) and keep it running."""
 
     ray: RayConfig = option(default_factory=RayConfig, help="Ray connection")
     engine: EngineConfig = option(default_factory=EngineConfig, help="The engine")
@@ -33,7 +36,6 @@ class EngineJobConfig:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = job_config(EngineJobConfig)
     init_ray(cfg.ray)
     endpoint = deploy(cfg.engine)
@@ -44,10 +46,10 @@ def main() -> None:
         return
     # Masked only now: Ray's processes, started above, must keep their own signal handling.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    print("serving; Ctrl-C to stop")
+    print("serving; Ctrl-C to stop", flush=True)
     signal.sigwait({signal.SIGINT, signal.SIGTERM})
     serve.delete(cfg.engine.app_name)
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main, expected=(LLMError, EngineUnplaceable, ModelNotFoundError))

@@ -10,19 +10,23 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import logging
-import os
-import sys
 import time
 from pathlib import Path
+from typing import ClassVar, Literal
 
-from ste_ray.config import fail, job_config, option, to_dict
-from ste_ray.engine import EngineConfig, RayConfig, explorer_endpoint
-from ste_ray.evaluate import (JUDGES, METRICS_HEADERS, Benchmark, EvalSettings, Setting, bar_chart, benchmark_dir,
-                              llm_judge, load_demo_pool, metrics_table_rows, per_batch_rows, run_benchmark, score,
-                              select_queries)
-from ste_ray.model import resolve_model
+from ste_ray.benchmark import Benchmark, benchmark_dir
+from ste_ray.client import LLMError
+from ste_ray.config import Alias, fail, job_config, option, to_dict
+from ste_ray.engine import EngineConfig, EngineUnplaceable, model_endpoint
+from ste_ray.evaluate import (METRICS_HEADERS, EvalSettings, Setting, llm_judge, load_demo_pool, metrics_table_rows,
+                              per_batch_rows, run_benchmark, score, select_queries)
+from ste_ray.evaluate.chart import bar_chart
+from ste_ray.model import ModelNotFoundError, resolve_model
 from ste_ray.report import format_table, markdown_table
+from ste_ray.runs import OutputError, prepare_output
+from ste_ray.runtime import JobError, RayConfig, job_console, ray_cluster, run_job
+
+BATCH_HEADERS = ["setting", "batch", "n", "wellformed %", "api_match %", "correct %"]
 
 
 @dataclasses.dataclass
@@ -36,7 +40,7 @@ class EvaluateConfig:
     eval: EvalSettings = option(default_factory=EvalSettings, help="Benchmark settings")
     predictions: str = option("", help="Score this prediction file (the seed's format) instead of running a model")
     json: bool = option(False, help="With --predictions: print only the metrics as JSON")
-    judge: str = option(
+    judge: Literal["llm", "none", "stored"] = option(
         "llm", help="Argument check for the APIs not scored by string match: llm (a Yes/No judge), none (string "
         "match for all), stored (the verdicts a prediction file already holds)")
     judge_url: str = option("", help="Judge endpoint (…/v1); empty: the model under evaluation's endpoint")
@@ -45,17 +49,18 @@ class EvaluateConfig:
     per_batch: str = option(
         "", help="Continual-learning batches (a JSON list of lists of API names, e.g. CL_batches.json; 'ste' for "
         "the benchmark's own): metrics per batch")
-    output: str = option("outputs/evaluate", help="Output directory (predictions/, metrics.json, metrics.md, metrics.png)")
-    model_url: str = option("", help="Shorthand for --engine.mode external --engine.url URL")
-    model: str = option("", help="Shorthand for --engine.model (the model the endpoint serves, with --model-url)")
+    output: str = option("outputs/evaluate",
+                         help="Output directory (predictions/, metrics.json, metrics.md, metrics.png, logs/)")
+    verbose: bool = option(False, help="Show Ray's and vLLM's logs live instead of writing them to the log file")
+
+    aliases: ClassVar = (
+        Alias("model_url", "Shorthand for --engine.mode external --engine.url URL",
+              {"engine.mode": "external", "engine.url": "{}"}),
+        Alias("model", "Shorthand for --engine.model (the model the endpoint serves, with --model-url)",
+              {"engine.model": "{}"}),
+    )
 
     def validate(self) -> None:
-        if self.model_url:
-            self.engine.mode, self.engine.url = "external", self.model_url
-        if self.model:
-            self.engine.model = self.model
-        if self.judge not in JUDGES:
-            fail("judge", f"must be one of {', '.join(JUDGES)}, got {self.judge!r}")
         if self.judge_url and not self.judge_model:
             fail("judge_model", "--judge-url needs the model name the judge endpoint serves")
         if self.predictions and not Path(self.predictions).is_file():
@@ -72,10 +77,14 @@ def endpoints(cfg: EvaluateConfig, need_model: bool):
     model's own endpoint unless --judge-url names another."""
     own_judge = cfg.judge == "llm" and not cfg.judge_url
     with contextlib.ExitStack() as stack:
-        model = stack.enter_context(explorer_endpoint(cfg.engine, cfg.ray)) if need_model or own_judge else None
+        model = None
+        if need_model or own_judge:
+            if cfg.engine.mode == "start":
+                stack.enter_context(ray_cluster(cfg.ray))
+            model = stack.enter_context(model_endpoint(cfg.engine))
         judge = model if own_judge else None
         if cfg.judge == "llm" and cfg.judge_url:
-            judge = stack.enter_context(explorer_endpoint(EngineConfig(
+            judge = stack.enter_context(model_endpoint(EngineConfig(
                 mode="external", url=cfg.judge_url, model=cfg.judge_model, api_key_env=cfg.judge_api_key_env)))
         yield model, judge
 
@@ -97,7 +106,6 @@ async def score_file(cfg: EvaluateConfig, judge_endpoint) -> dict:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING)
     cfg = job_config(EvaluateConfig)
     if cfg.predictions:
         with endpoints(cfg, need_model=False) as (_, judge_endpoint):
@@ -112,46 +120,43 @@ def main() -> None:
 
     # Bad input fails here, before the engine starts.
     try:
-        select_queries(Benchmark.load(cfg.eval.benchmark_dir), cfg.eval.apis, cfg.eval.limit)
+        benchmark = Benchmark.load(cfg.eval.benchmark_dir)
+        select_queries(benchmark, cfg.eval.apis, cfg.eval.limit)
         if any(Setting.parse(s).demos for s in cfg.eval.settings):
-            load_demo_pool(cfg.eval.demo_pool, Benchmark.load(cfg.eval.benchmark_dir))
+            load_demo_pool(cfg.eval.demo_pool, benchmark)
         batches = load_batches(cfg)
     except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
-    output = Path(cfg.output).resolve()
-    output.mkdir(parents=True, exist_ok=True)
+        raise JobError(str(e)) from None
+    output = prepare_output(cfg.output)
     started = time.perf_counter()
-    with endpoints(cfg, need_model=True) as (model_endpoint, judge_endpoint):
-        print(f"evaluating {model_endpoint.model} at {model_endpoint.base_url}: {', '.join(cfg.eval.settings)}",
-              file=sys.stderr, flush=True)
-        local = resolve_model(cfg.engine.model, cfg.engine.cache_dir or None) if cfg.engine.mode == "start" else cfg.engine.model
-        results = asyncio.run(run_benchmark(model_endpoint, cfg.eval, cfg.engine.max_model_len,
-                                            local if Path(local).is_dir() else None, cfg.judge, judge_endpoint, output))
-
-    report = {r.setting: {**r.scored.metrics, "wall_s": round(r.elapsed_s, 1), "prompt_tokens": r.prompt_tokens,
-                          "completion_tokens": r.completion_tokens, "prompts_cut": r.prompts_cut,
-                          "per_batch": [dict(zip(["batch", "n", "wellformed", "api_match", "correct"], row[1:]))
-                                        for row in per_batch_rows(r, batches)]}
-              for r in results}
-    (output / "metrics.json").write_text(json.dumps(
-        {"model": model_endpoint.model, "judge": cfg.judge, "config": to_dict(cfg), "settings": report}, indent=2))
-    rows = metrics_table_rows(results)
-    batch_headers = ["setting", "batch", "n", "wellformed %", "api_match %", "correct %"]
-    batch_rows = [row for r in results for row in per_batch_rows(r, batches)]
-    (output / "metrics.md").write_text(markdown_table(METRICS_HEADERS, rows) + "\n"
-                                       + ("\n" + markdown_table(batch_headers, batch_rows) + "\n" if batch_rows else ""))
-    table = format_table(METRICS_HEADERS, rows)
-    batch_table = format_table(batch_headers, batch_rows) if batch_rows else ""
-    bar_chart(results, output / "metrics.png", f"STE benchmark: {model_endpoint.model}")
-    print()
-    print(table)
-    if batch_table:
-        print("\n" + batch_table)
-    print(f"\n{len(results)} settings in {time.perf_counter() - started:.0f}s; judge: {cfg.judge}")
-    print(f"wrote {output}/predictions/ (one file per setting, re-scorable with --predictions), "
-          f"{output}/metrics.json, metrics.md, metrics.png")
+    with job_console(output / "logs" / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}.log", cfg.verbose) as console:
+        with endpoints(cfg, need_model=True) as (model, judge_endpoint):
+            console.print(f"evaluating {model.model} at {model.base_url}: {', '.join(cfg.eval.settings)}")
+            local = resolve_model(cfg.engine.model, cfg.engine.cache_dir or None) if cfg.engine.mode == "start" else cfg.engine.model
+            results = asyncio.run(run_benchmark(model, cfg.eval, cfg.engine.max_model_len,
+                                                local if Path(local).is_dir() else None, cfg.judge, judge_endpoint,
+                                                output))
+        report = {r.setting: {**r.scored.metrics, "wall_s": round(r.elapsed_s, 1), "prompt_tokens": r.prompt_tokens,
+                              "completion_tokens": r.completion_tokens, "prompts_cut": r.prompts_cut,
+                              "per_batch": [dict(zip(BATCH_HEADERS[1:], row[1:]))
+                                            for row in per_batch_rows(r.setting, r.scored, batches)]}
+                  for r in results}
+        (output / "metrics.json").write_text(json.dumps(
+            {"model": model.model, "judge": cfg.judge, "config": to_dict(cfg), "settings": report}, indent=2))
+        rows = metrics_table_rows(results)
+        batch_rows = [row for r in results for row in per_batch_rows(r.setting, r.scored, batches)]
+        (output / "metrics.md").write_text(markdown_table(METRICS_HEADERS, rows) + "\n"
+                                           + ("\n" + markdown_table(BATCH_HEADERS, batch_rows) + "\n" if batch_rows else ""))
+        bar_chart([(r.setting, r.scored.metrics) for r in results], output / "metrics.png",
+                  f"STE benchmark: {model.model}")
+        console.print()
+        console.print(format_table(METRICS_HEADERS, rows))
+        if batch_rows:
+            console.print("\n" + format_table(BATCH_HEADERS, batch_rows))
+        console.print(f"\n{len(results)} settings in {time.perf_counter() - started:.0f}s; judge: {cfg.judge}")
+        console.print(f"wrote {output}/predictions/ (one file per setting, re-scorable with --predictions), "
+                      f"{output}/metrics.json, metrics.md, metrics.png")
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    main()
+    run_job(main, expected=(OutputError, LLMError, EngineUnplaceable, ModelNotFoundError))

@@ -9,17 +9,21 @@ against the explorer endpoint, written to Parquet as they finish.
 
 import asyncio
 import dataclasses
-import logging
 import time
 import uuid
-from pathlib import Path
+from typing import ClassVar
 
-from ste_ray.config import fail, job_config, option, to_dict
-from ste_ray.engine import EngineConfig, RayConfig, explorer_endpoint, init_ray
-from ste_ray.explore import (SUMMARY_HEADERS, ExploreSettings, check_output, package_versions, run_exploration,
-                             select_tools, tool_specs_hash, write_manifest)
+from ste_ray.client import LLMError
+from ste_ray.config import Alias, fail, job_config, option, to_dict
+from ste_ray.engine import EngineConfig, EngineUnplaceable, model_endpoint
+from ste_ray.explore import SUMMARY_HEADERS, ExploreSettings, check_output, run_exploration
+from ste_ray.model import ModelNotFoundError
 from ste_ray.report import format_table
+from ste_ray.runs import OutputError, now, package_versions, prepare_output, tool_specs_hash, update_manifest
+from ste_ray.runtime import RayConfig, job_console, ray_cluster, run_job
 from ste_ray.tools.calls import ToolCallConfig
+from ste_ray.tools.sources import select_tools
+from ste_ray.tools.spec import ToolSpecError
 
 
 @dataclasses.dataclass
@@ -35,73 +39,54 @@ class ExploreConfig:
         help="Tool sources: ste (the STE benchmark APIs with offline executors), builtin, builtin:<category>, "
         "or an OpenAI-tools JSON/YAML file")
     apis: list[str] = option(default_factory=list, help="Explore only these APIs (names, comma-separated)")
-    output: str = option("outputs/explore", help="Output directory (trials/, episodes/, manifest.json)")
+    output: str = option("outputs/explore", help="Output directory (trials/, episodes/, manifest.json, logs/)")
     resume: bool = option(False, help="Continue the run in --output: finished episodes are kept, not redone")
-    explorer_url: str = option("", help="Shorthand for --engine.mode external --engine.url URL")
-    model: str = option("", help="Shorthand for --engine.model (the model the endpoint serves, with --explorer-url)")
-    no_exec: bool = option(False, help="Shorthand for --explore.no_exec")
-    no_stm: bool = option(False, help="Shorthand for --explore.no_stm")
-    no_ltm: bool = option(False, help="Shorthand for --explore.no_ltm")
-    no_reflection: bool = option(False, help="Shorthand for --explore.no_reflection")
-    visualize: bool = option(False, help="Shorthand for --explore.visualize")
+    verbose: bool = option(False, help="Show Ray's and vLLM's logs live instead of writing them to the log file")
+
+    aliases: ClassVar = (
+        Alias("explorer_url", "Shorthand for --engine.mode external --engine.url URL",
+              {"engine.mode": "external", "engine.url": "{}"}),
+        Alias("model", "Shorthand for --engine.model (the model the endpoint serves, with --explorer-url)",
+              {"engine.model": "{}"}),
+        *(Alias(flag, f"Shorthand for --explore.{flag}", {f"explore.{flag}": "true"}, boolean=True)
+          for flag in ("no_exec", "no_stm", "no_ltm", "no_reflection", "visualize")),
+    )
 
     def validate(self) -> None:
-        if self.explorer_url:
-            self.engine.mode, self.engine.url = "external", self.explorer_url
-        if self.model:
-            self.engine.model = self.model
-        for flag in ("no_exec", "no_stm", "no_ltm", "no_reflection", "visualize"):
-            if getattr(self, flag):
-                setattr(self.explore, flag, True)
         if not self.tools:
             fail("tools", "needs at least one source")
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING)
     cfg = job_config(ExploreConfig)
     # Everything that can be checked is checked before Ray or the engine start.
-    try:
-        specs = select_tools(cfg.tools, cfg.apis)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-    output = Path(cfg.output).resolve()
-    try:
-        check_output(output, cfg.resume)
-    except FileExistsError as e:
-        raise SystemExit(f"error: {e}") from None
-    output.mkdir(parents=True, exist_ok=True)
+    specs = select_tools(cfg.tools, cfg.apis)
+    output = prepare_output(cfg.output)
+    check_output(output, cfg.resume)
     run_id = uuid.uuid4().hex[:12]
-
-    started_ray = init_ray(cfg.ray)
-    with explorer_endpoint(cfg.engine, cfg.ray) as endpoint:
-        write_manifest(output, {
-            "status": "running", "run_id": run_id, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "config": to_dict(cfg), "model": endpoint.model, "endpoint": endpoint.base_url,
-            "apis": [s.name for s in specs], "tool_specs_sha256": tool_specs_hash(specs),
-            "packages": package_versions(),
-        })
-        print(f"exploring {len(specs)} APIs × {cfg.explore.num_episodes} episodes with {endpoint.model} "
-              f"at {endpoint.base_url}", flush=True)
-        result = asyncio.run(run_exploration(endpoint, specs, cfg.explore, cfg.tool_calls, output, run_id))
-    write_manifest(output, {"status": "finished", "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                            "episodes_done": result.episodes_done, "episodes_before": result.episodes_before,
-                            "failures": result.failures})
-    if started_ray:
-        import ray
-
-        ray.shutdown()
-
-    print()
-    print(format_table(SUMMARY_HEADERS, result.per_api))
-    print(f"\n{result.episodes_done} episodes in {result.elapsed_s:.0f}s "
-          f"({result.completion_tokens / max(result.elapsed_s, 1e-9):.0f} output tok/s)"
-          + (f", {result.episodes_before} from an earlier run" if result.episodes_before else "")
-          + f"; failed for good: {len(result.failures)}")
-    for failure in result.failures:
-        print(f"  failed {failure['api']} {failure['episode_id']}: {failure['reason']}")
-    print(f"wrote {output}/trials/ (one row per trial), {output}/episodes/ (conversations), {output}/manifest.json")
+    with job_console(output / "logs" / f"explore-{time.strftime('%Y%m%d-%H%M%S')}.log", cfg.verbose) as console:
+        with ray_cluster(cfg.ray), model_endpoint(cfg.engine) as endpoint:
+            update_manifest(output, {
+                "status": "running", "run_id": run_id, "started": now(), "config": to_dict(cfg),
+                "model": endpoint.model, "endpoint": endpoint.base_url, "apis": [s.name for s in specs],
+                "tool_specs_sha256": tool_specs_hash(s.openai() for s in specs), "packages": package_versions(),
+            })
+            console.print(f"exploring {len(specs)} APIs × {cfg.explore.num_episodes} episodes with {endpoint.model} "
+                          f"at {endpoint.base_url}")
+            result = asyncio.run(run_exploration(endpoint, specs, cfg.explore, cfg.tool_calls, output, run_id))
+        update_manifest(output, {"status": "finished", "finished": now(), "episodes_done": result.episodes_done,
+                                 "episodes_before": result.episodes_before, "failures": result.failures})
+        console.print()
+        console.print(format_table(SUMMARY_HEADERS, result.per_api))
+        console.print(f"\n{result.episodes_done} episodes in {result.elapsed_s:.0f}s "
+                      f"({result.completion_tokens / max(result.elapsed_s, 1e-9):.0f} output tok/s)"
+                      + (f", {result.episodes_before} from an earlier run" if result.episodes_before else "")
+                      + f"; failed for good: {len(result.failures)}")
+        for failure in result.failures:
+            console.print(f"  failed {failure['api']} {failure['episode_id']}: {failure['reason']}")
+        console.print(f"wrote {output}/trials/ (one row per trial), {output}/episodes/ (conversations), "
+                      f"{output}/manifest.json")
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main, expected=(ToolSpecError, OutputError, LLMError, EngineUnplaceable, ModelNotFoundError))

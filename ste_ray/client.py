@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import email.utils
 import logging
-import random
 import time
 from typing import Any
 
 import aiohttp
+
+from ste_ray.retry import backoff_delay, retry_after_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -58,25 +58,10 @@ class ChatResult:
     finish_reasons: list[str | None]
     usage: dict[str, int]
     latency_s: float
-    raw: dict[str, Any]
 
     @property
     def text(self) -> str:
         return self.texts[0]
-
-
-def _retry_after_seconds(header: str | None) -> float | None:
-    if not header:
-        return None
-    try:
-        return max(0.0, float(header))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(header)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _error_message(body: Any) -> str:
@@ -86,6 +71,21 @@ def _error_message(body: Any) -> str:
             return str(err.get("message") or err)
         return str(err)
     return str(body)[:500]
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """An OpenAI-compatible endpoint and the model name to ask it for."""
+
+    base_url: str
+    model: str
+    api_key: str | None = None
+
+    def client(self, **kwargs: Any) -> LLMClient:
+        return LLMClient(self.base_url, self.model, api_key=self.api_key, **kwargs)
+
+    def __repr__(self) -> str:  # keeps the key out of logs
+        return f"Endpoint(base_url={self.base_url!r}, model={self.model!r})"
 
 
 class LLMClient:
@@ -141,11 +141,6 @@ class LLMClient:
             )
         return self._session
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.backoff_max_s)
-        return random.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2**attempt))
-
     async def request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
         """One API call with retries; returns the decoded JSON body."""
         body, _ = await self._request(method, path, payload)
@@ -176,11 +171,11 @@ class LLMClient:
                         if resp.status not in RETRYABLE_STATUS:
                             raise LLMRequestError(resp.status, _error_message(body), url)
                         last_error = f"HTTP {resp.status}: {_error_message(body)}"
-                        retry_after = _retry_after_seconds(resp.headers.get("Retry-After"))
+                        retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
                 except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as e:
                     last_error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
                 if attempt < self.max_retries:
-                    delay = self._backoff(attempt, retry_after)
+                    delay = backoff_delay(attempt, self.backoff_base_s, self.backoff_max_s, retry_after)
                     logger.debug("%s %s failed (%s); retry %d in %.2fs", method, url, last_error, attempt + 1, delay)
                     await asyncio.sleep(delay)
         raise LLMUnavailableError(
@@ -221,7 +216,6 @@ class LLMClient:
             finish_reasons=[c.get("finish_reason") for c in choices],
             usage={k: int(v) for k, v in usage.items() if isinstance(v, int)},
             latency_s=latency,
-            raw=body,
         )
 
     async def models(self) -> list[str]:

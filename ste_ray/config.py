@@ -1,18 +1,25 @@
 """Typed configuration: dataclasses with documented defaults, loadable from YAML, overridable on the
 command line, validated before any work starts.
 
-Every stage's config is a dataclass whose fields carry their help text in ``metadata["help"]``;
-nested dataclasses become dotted flags (``--engine.max_model_len 1024``). A job calls
-``load_config(JobConfig, argv)``: defaults, then the YAML file given by ``--config``, then the flags,
-then ``validate()`` on every nested dataclass. Any error names the offending field.
+Every stage's config is a dataclass whose fields carry their help text (and any numeric bounds)
+through ``option``; nested dataclasses become dotted flags (``--engine.max_model_len 1024``).
+String options with a fixed set of values are ``Literal`` types, whose choices show in ``--help``.
+A job class may declare ``aliases``: shorthand flags (``--model-url URL``) expanded into dotted
+values at parse time, so that ``validate()`` only checks and never rewrites the config.
+
+A job calls ``load_config(JobConfig, argv)``: defaults, then the YAML file given by ``--config``,
+then the aliases and flags, then the declared bounds and ``validate()`` of every nested dataclass.
+Any error names the offending field.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import dataclasses
+import importlib
+import importlib.util
 import json
+import sys
 import types
 import typing
 from pathlib import Path
@@ -27,11 +34,28 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or invalid. The message names the field."""
 
 
-def option(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING):
-    """A dataclass field with its help text (shown by ``--help`` and in the README tables)."""
+def option(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING,
+           ge: float | None = None, gt: float | None = None, le: float | None = None):
+    """A dataclass field with its help text (shown by ``--help`` and in the README tables) and its
+    numeric bounds (``ge``: at least, ``gt``: more than, ``le``: at most), checked on load."""
+    metadata = {"help": help, "bounds": {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le)) if v is not None}}
     if default_factory is not dataclasses.MISSING:
-        return dataclasses.field(default_factory=default_factory, metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass(frozen=True)
+class Alias:
+    """A shorthand flag: ``--<name> VALUE`` sets each dotted field of ``sets`` ("{}" stands for
+    VALUE). ``boolean`` aliases take no value."""
+
+    name: str
+    help: str
+    sets: dict[str, str]
+    boolean: bool = False
+
+    def expand(self, value: str) -> dict[str, str]:
+        return {path: v.replace("{}", value) for path, v in self.sets.items()}
 
 
 def fail(path: str, message: str) -> typing.NoReturn:
@@ -61,6 +85,11 @@ def _coerce(path: str, tp: Any, value: Any, from_cli: bool) -> Any:
             fail(path, f"expected a mapping of {tp.__name__} fields, got {value!r}")
         return _build(tp, value, path)
     origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            fail(path, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
     is_list = tp is list or origin is list
     if from_cli and isinstance(value, str) and (origin is dict or tp is dict or (is_list and value.lstrip().startswith("["))):
         # Structured values on the command line are YAML (JSON is YAML): --engine.engine_kwargs '{a: 1}',
@@ -98,8 +127,11 @@ def _coerce(path: str, tp: Any, value: Any, from_cli: bool) -> Any:
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
             fail(path, f"expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is list or origin is list:
+        key_tp, item_tp = typing.get_args(tp) or (str, Any)
+        if item_tp is Any:
+            return dict(value)
+        return {str(k): _coerce(f"{path}.{k}", item_tp, v, from_cli) for k, v in value.items()}
+    if is_list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list):
@@ -134,7 +166,7 @@ def _build(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line: one flag per leaf field, dotted for nested dataclasses.
+# Command line: one flag per leaf field, dotted for nested dataclasses, plus the job's aliases.
 
 
 def _leaf_fields(cls: type, prefix: str = "") -> typing.Iterator[tuple[str, Any, dataclasses.Field]]:
@@ -148,6 +180,10 @@ def _leaf_fields(cls: type, prefix: str = "") -> typing.Iterator[tuple[str, Any,
             yield path, hints[f.name], f
 
 
+def _aliases(cls: type) -> tuple[Alias, ...]:
+    return tuple(getattr(cls, "aliases", ()))
+
+
 def _default_at(cls: type, path: str) -> Any:
     """A flag's default as the job sees it: read off a default instance, so that a job's own
     default for a nested section (e.g. a longer context for evaluation) is the one shown."""
@@ -159,10 +195,30 @@ def _default_at(cls: type, path: str) -> Any:
 
 def _type_name(tp: Any) -> str:
     tp, optional = _strip_optional(tp)
-    name = getattr(tp, "__name__", str(tp).replace("typing.", ""))
-    if typing.get_origin(tp) in (list, dict):
+    if typing.get_origin(tp) is typing.Literal:
+        name = "{" + ",".join(map(str, typing.get_args(tp))) + "}"
+    elif typing.get_origin(tp) in (list, dict):
         name = str(tp).replace("typing.", "")
+    else:
+        name = getattr(tp, "__name__", str(tp).replace("typing.", ""))
     return f"{name} or none" if optional else name
+
+
+def _help(f: dataclasses.Field, tp: Any) -> str:
+    """The field's help, with its choices and bounds spelled out."""
+    text = f.metadata.get("help", "")
+    tp, _ = _strip_optional(tp)
+    if typing.get_origin(tp) is typing.Literal:
+        text += f" (one of: {', '.join(map(str, typing.get_args(tp)))})"
+    bounds = f.metadata.get("bounds", {})
+    words = {"ge": "≥", "gt": ">", "le": "≤"}
+    if bounds:
+        text += " (" + ", ".join(f"{words[k]} {v:g}" for k, v in bounds.items()) + ")"
+    return text
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
 
 
 def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
@@ -173,41 +229,44 @@ def build_parser(cls: type, description: str | None = None) -> argparse.Argument
     )
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file with any of the fields below")
     for path, tp, f in _leaf_fields(cls):
-        help_text = f.metadata.get("help", "")
-        default = _default_at(cls, path)
-        flags = [f"--{path}"]
-        if "_" in path:
-            flags.append(f"--{path.replace('_', '-')}")
+        flags = [f"--{path}"] + ([f"--{path.replace('_', '-')}"] if "_" in path else [])
+        help_text = f"{_help(f, tp)} [default: {_shown(_default_at(cls, path))}]"
         if _strip_optional(tp)[0] is bool:
-            # --flag sets true; --flag false / --no-flag style both work through an optional value
-            parser.add_argument(
-                *flags, dest=path, nargs="?", const="true", metavar="BOOL",
-                help=f"{help_text} [default: {default}]",
-            )
+            # --flag sets true; --flag false works through an optional value
+            parser.add_argument(*flags, dest=path, nargs="?", const="true", metavar="BOOL", help=help_text)
         else:
-            parser.add_argument(
-                *flags, dest=path, metavar=_type_name(tp).upper().replace(" ", "_"),
-                help=f"{help_text} [default: {json.dumps(default) if isinstance(default, (dict, list)) else default}]",
-            )
+            parser.add_argument(*flags, dest=path, metavar=_type_name(tp).upper().replace(" ", "_"), help=help_text)
+    for alias in _aliases(cls):
+        flags = [f"--{alias.name}"] + ([f"--{alias.name.replace('_', '-')}"] if "_" in alias.name else [])
+        if alias.boolean:
+            parser.add_argument(*flags, dest=f"alias:{alias.name}", action="store_const", const="true", help=alias.help)
+        else:
+            parser.add_argument(*flags, dest=f"alias:{alias.name}", metavar="VALUE", help=alias.help)
     return parser
 
 
-def _set_dotted(tree: dict, path: str, value: Any) -> None:
-    *parents, leaf = path.split(".")
-    for p in parents:
-        node = tree.setdefault(p, {})
-        if not isinstance(node, dict):
-            fail(path, f"{p} is not a section")
-        tree = node
-    tree[leaf] = value
+def _check_bounds(cfg: Any, prefix: str) -> None:
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        sections = {f"{f.name}.{k}": v for k, v in value.items()} if isinstance(value, dict) else {f.name: value}
+        for path, section in sections.items():
+            if dataclasses.is_dataclass(section):
+                validate_all(section, f"{prefix}{path}.")
+        for kind, bound in f.metadata.get("bounds", {}).items():
+            if value is None:
+                continue
+            if kind == "ge" and value < bound:
+                fail(f"{prefix}{f.name}", "must be 0 or more" if bound == 0 else f"must be at least {bound:g}")
+            if kind == "gt" and value <= bound:
+                fail(f"{prefix}{f.name}", "must be positive" if bound == 0 else f"must be more than {bound:g}")
+            if kind == "le" and value > bound:
+                fail(f"{prefix}{f.name}", f"must be at most {bound:g}")
 
 
 def validate_all(cfg: Any, prefix: str = "") -> None:
-    """Call ``validate()`` on the config and every nested dataclass, innermost first."""
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            validate_all(value, f"{prefix}{f.name}.")
+    """Check the declared bounds of the config and of every nested dataclass, then call their
+    ``validate()`` (cross-field checks), innermost first."""
+    _check_bounds(cfg, prefix)
     if hasattr(cfg, "validate"):
         try:
             cfg.validate()
@@ -216,7 +275,7 @@ def validate_all(cfg: Any, prefix: str = "") -> None:
 
 
 def load_config(cls: type[T], argv: list[str] | None = None, description: str | None = None) -> T:
-    """Defaults < YAML file (``--config``) < command-line flags; then validation."""
+    """Defaults < YAML file (``--config``) < aliases < command-line flags; then validation."""
     parser = build_parser(cls, description)
     args = vars(parser.parse_args(argv))
     values: dict[str, Any] = {}
@@ -233,22 +292,24 @@ def load_config(cls: type[T], argv: list[str] | None = None, description: str | 
             raise ConfigError(f"--config {path}: expected a mapping at the top level")
         values = loaded
     cfg = _build(cls, values)
-    for path, raw in args.items():
+    flags: dict[str, str] = {}
+    for alias in _aliases(cls):
+        if f"alias:{alias.name}" in args:
+            flags.update(alias.expand(args.pop(f"alias:{alias.name}")))
+    flags.update(args)  # a field's own flag wins over an alias that also sets it
+    for path, raw in flags.items():
         _set_cli(cfg, path, raw)
     validate_all(cfg)
     return cfg
 
 
-def job_config(cls: type[T]) -> T:
+def job_config(cls: type[T], argv: list[str] | None = None) -> T:
     """``load_config`` for a job's command line: a bad value ends the program with the error and no
-    traceback. Validated twice, because a job's own ``validate`` may fill in sections from its
-    shorthands (``--explorer-url``) and those must be checked again."""
+    traceback."""
     try:
-        cfg = load_config(cls)
-        validate_all(cfg)
+        return load_config(cls, argv)
     except ConfigError as e:
         raise SystemExit(f"error: {e}") from None
-    return cfg
 
 
 def _set_cli(cfg: Any, path: str, raw: str) -> None:
@@ -271,21 +332,23 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def _escape_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
 def flags_markdown(cls: type) -> str:
     """The flags of a config as a Markdown table (the README's flag reference is made with this)."""
     lines = ["| flag | default | meaning |", "| --- | --- | --- |"]
-    for path, _, f in _leaf_fields(cls):
+    for path, tp, f in _leaf_fields(cls):
         default = _default_at(cls, path)
         shown = json.dumps(default) if isinstance(default, (dict, list, str)) else default
-        help_text = f.metadata.get("help", "").replace("|", "\\|")
-        lines.append(f"| `--{path}` | `{shown}` | {help_text} |")
+        lines.append(f"| `--{path}` | `{shown}` | {_escape_cell(_help(f, tp))} |")
+    for alias in _aliases(cls):
+        lines.append(f"| `--{alias.name}` | | {_escape_cell(alias.help)} |")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    import importlib
-    import sys
-
     # python -m ste_ray.config jobs/explore.py:ExploreConfig  → the flag table of that job
     target = sys.argv[1] if len(sys.argv) > 1 else "ste_ray.engine:EngineConfig"
     module_name, _, class_name = target.partition(":")

@@ -1,83 +1,93 @@
-"""Constrained decoding: with vLLM's structured outputs a trial turn is decoded so that it is
-either a Final Answer or exactly one call of the episode's API whose arguments satisfy the tool's
-JSON schema (required keys, types, enums). Reflection is constrained to Yes/No; imagination stays
-free text.
+"""Constrained decoding: with vLLM's structured outputs a model's turn is decoded so that it is
+either a Final Answer or exactly one call of an offered tool whose arguments satisfy the tool's
+full JSON schema (required and optional keys, types, enums, nested objects, arrays, escaped
+strings, numeric bounds). Reflection is constrained to Yes/No; imagination stays free text.
 
-The constraint is a regular expression generated from the schema and sent as vLLM's
-``structured_outputs: {"regex": ...}`` request field. An endpoint that refuses or ignores the field
-(a hosted API) is detected once at start (``supports_structured_outputs``) and the run proceeds
-unconstrained, with one warning. Lengths are bounded (thought 100 characters, strings 48) so that a
-whole call fits the turn's token budget: a turn cut off by ``max_tokens`` would not parse.
+The arguments' grammar is the engine's own: xgrammar, vLLM's structured-output backend, turns each
+tool's JSON schema into a grammar (compact separators, no extra properties); the ReAct wrapper
+around it (``Thought: ...``, ``Action: <name>``, ``Action Input: ``) is joined to it with
+xgrammar's grammar algebra, and the whole is sent as vLLM's ``structured_outputs: {"grammar": ...}``.
+One change is made to the JSON rules: strings, numbers and lists are bounded (64 characters, 15
+digits, 8 items), so that a whole call fits a turn's token budget; a turn cut off by ``max_tokens``
+would not parse, and a small model at temperature 1 does sometimes ramble inside a string.
+
+An endpoint that refuses or ignores the field (a hosted API) is detected once at start
+(``supports_structured_outputs``) and the run proceeds unconstrained, with one warning.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any
 
 from ste_ray.client import LLMClient, LLMError
-from ste_ray.tools.spec import ToolSpec
 
-STRING = r'"[^"\\\x00-\x1f]{0,48}"'
-INTEGER = r"-?[0-9]{1,12}"
-NUMBER = r"-?[0-9]{1,12}(\.[0-9]{1,8})?"
-BOOLEAN = r"(true|false)"
 THOUGHT = r"Thought: [^\n]{1,100}\n"
 FINAL = r"Final Answer: [^\n]{1,240}"
+REFLECTION_REGEX = "(Yes|No)"
+STRING_CHARS, INTEGER_DIGITS, REPEATS = 64, 15, 8
 
 
 def literal(text: str) -> str:
-    """``text`` as a regex that matches it exactly. Spaces stay unescaped: vLLM's grammar backend
-    (xgrammar) warns on every request about the "\\ " that ``re.escape`` writes."""
+    """``text`` as a regex that matches it exactly. Spaces stay unescaped: xgrammar warns on every
+    request about the "\\ " that ``re.escape`` writes."""
     return re.escape(text).replace("\\ ", " ")
 
 
-def value_regex(schema: dict[str, Any]) -> str:
-    if "enum" in schema:
-        return "(" + "|".join(literal(json.dumps(v, ensure_ascii=False)) for v in schema["enum"]) + ")"
-    types = schema.get("type", "string")
-    types = types if isinstance(types, list) else [types]
-    parts = {"string": STRING, "integer": INTEGER, "number": NUMBER, "boolean": BOOLEAN}
-    options = [parts[t] for t in types if t in parts] or [STRING]
-    return options[0] if len(options) == 1 else "(" + "|".join(options) + ")"
+def _bounded(ebnf: str) -> str:
+    """xgrammar's JSON rules with lengths bounded (see the module docstring)."""
+    def string_rule(match: re.Match) -> str:
+        name, escape = match.group(1), match.group(2)
+        return (f'{name}_char ::= (([^\\0-\\x1f\\"\\\\\\r\\n]) | ("\\\\" {escape}))\n'
+                f'{name} ::= (({name}_char{{0, {STRING_CHARS}}} "\\""))')
+
+    # basic_string_sub ::= (("\"") | ([^...] basic_string_sub) | ("\\" basic_escape basic_string_sub)) (=(...))
+    ebnf = re.sub(r'^(basic_string_sub\w*) ::= \(\("\\""\) \| .*?"\\\\" (basic_escape\w*) \1\)\).*$',
+                  string_rule, ebnf, flags=re.M)
+    ebnf = ebnf.replace("[0-9]*", f"[0-9]{{0, {INTEGER_DIGITS - 1}}}")
+    return re.sub(r"\{(\d+), -1\}", lambda m: f"{{{m.group(1)}, {max(int(m.group(1)), REPEATS)}}}", ebnf)
 
 
-def arguments_regex(spec: ToolSpec) -> str:
-    """A JSON object with the tool's arguments in schema order: every required one, any optional
-    one, nothing else."""
-    props = spec.parameters.get("properties", {})
-    names = list(props)
-    fields = [literal(json.dumps(n, ensure_ascii=False)) + ": " + value_regex(props[n]) for n in names]
-    required = [n in spec.required for n in names]
+def _arguments(parameters: dict[str, Any]):
+    import xgrammar
 
-    def rest(i: int) -> str:  # the fields after one already written, each preceded by ", "
-        return "".join(f", {fields[j]}" if required[j] else f"(, {fields[j]})?" for j in range(i, len(names)))
-
-    # The first field written may be any one that only optional fields precede.
-    starts = []
-    for k in range(len(names)):
-        starts.append(fields[k] + rest(k + 1))
-        if required[k]:
-            break
-    else:
-        starts.append("")  # every argument optional: {} too
-    body = starts[0] if len(starts) == 1 else "(" + "|".join(starts) + ")"
-    return r"\{" + body + r"\}"
+    return xgrammar.Grammar.from_json_schema(json.dumps(parameters), any_whitespace=False, strict_mode=True)
 
 
-def call_regex(spec: ToolSpec) -> str:
-    return "Action: " + literal(spec.name) + r"\nAction Input: " + arguments_regex(spec)
+def _call(name: str, parameters: dict[str, Any]):
+    import xgrammar
+
+    head = xgrammar.Grammar.from_regex("Action: " + literal(name) + r"\nAction Input: ")
+    return xgrammar.Grammar.concat(head, _arguments(parameters))
 
 
-def turn_regex(spec: ToolSpec) -> str:
-    return THOUGHT + "(" + call_regex(spec) + "|" + FINAL + ")"
+@functools.lru_cache(maxsize=4096)
+def _turn_grammar(tools_json: str, thought: bool) -> str:
+    import xgrammar
+
+    tools = json.loads(tools_json)
+    final = xgrammar.Grammar.from_regex(FINAL)
+    grammar = xgrammar.Grammar.union(*(_call(name, parameters) for name, parameters in tools), final)
+    if thought:
+        grammar = xgrammar.Grammar.concat(xgrammar.Grammar.from_regex(THOUGHT), grammar)
+    ebnf = _bounded(str(grammar))
+    xgrammar.Grammar.from_ebnf(ebnf)  # the engine will parse it: fail here, with the tool named, if it cannot
+    return ebnf
 
 
-REFLECTION_REGEX = "(Yes|No)"
+def turn_grammar(tools: list[tuple[str, dict[str, Any]]], thought: bool = True) -> str:
+    """The grammar of one turn: (a ``Thought`` line, then) one call of one of ``tools`` (name, JSON
+    schema of the arguments) with valid arguments, or a ``Final Answer``."""
+    return _turn_grammar(json.dumps(tools), thought)
 
 
-def structured(regex: str) -> dict[str, Any]:
+def grammar_request(grammar: str) -> dict[str, Any]:
+    return {"structured_outputs": {"grammar": grammar}}
+
+
+def regex_request(regex: str) -> dict[str, Any]:
     return {"structured_outputs": {"regex": regex}}
 
 
@@ -85,7 +95,7 @@ async def supports_structured_outputs(client: LLMClient) -> bool:
     """One tiny request: does the endpoint honour vLLM's structured outputs?"""
     try:
         result = await client.chat([{"role": "user", "content": "Say hello."}], max_tokens=4, temperature=1.0,
-                                   extra_body=structured("(yes|no)"))
+                                   extra_body=regex_request("(yes|no)"))
     except LLMError:
         return False
     return result.text.strip() in ("yes", "no")

@@ -1,84 +1,185 @@
-"""Parquet record schemas shared by the stages. A stage reads the previous stage's output directory
-with these schemas, so each stage can be rerun alone.
+"""The records the stages write and read, one typed definition each; the Parquet schema is derived
+from the dataclass, so a field is declared once. A stage reads the previous stage's output
+directory through ``read_dir`` / ``read_records``, so each stage can be rerun alone.
 
 explore writes, under its output directory:
-  trials/<episode>.parquet    one row per trial (an STM slot: query, steps, answer, reflection)
-  episodes/<episode>.parquet  one row per episode (the whole conversation)
-  manifest.json               config, model, tool-spec hash, package versions, counts
-  failures.jsonl              episodes that failed for good, with the reason (rerun by --resume)
+  trials/*.parquet      ``Trial`` rows (one per STM slot: query, steps, answer, reflection)
+  episodes/*.parquet    ``Episode`` rows (the whole conversation)
+exploit writes:
+  judged/*.parquet      ``JudgedTrial`` rows (every trial, kept or with the reason it was dropped)
+  sft/*.parquet         ``SFTExample`` rows (chat examples for fine-tuning)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import types
+import typing
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-STEP = pa.struct([
-    ("thought", pa.string()),
-    ("action", pa.string()),
-    ("action_input", pa.string()),  # the model's raw Action Input text
-    ("observation", pa.string()),  # what the explorer was shown (a result, or a corrective message)
-    ("parse_error", pa.string()),  # why the turn did not parse, else null
-    ("tool_error_kind", pa.string()),  # the tool call's failure kind, else null
-    ("latency_s", pa.float64()),
-])
+R = TypeVar("R")
 
-TRIAL = pa.schema([
-    ("run_id", pa.string()),
-    ("api", pa.string()),
-    ("episode_id", pa.string()),
-    ("episode_index", pa.int32()),
-    ("slot", pa.int32()),
-    ("query", pa.string()),
-    ("steps", pa.list_(STEP)),
-    ("final_answer", pa.string()),  # null when the trial ended without one
-    ("reflection", pa.string()),  # the explorer's raw answer; null with --no-reflection
-    ("success", pa.bool_()),  # the explorer's own Yes/No; null when not asked or unclear
-    ("num_calls", pa.int32()),
-    ("num_parse_errors", pa.int32()),
-    ("num_tool_errors", pa.int32()),
-    ("executed", pa.bool_()),  # false under --no-exec
-    ("constrained", pa.bool_()),
-    ("prompt_tokens", pa.int64()),
-    ("completion_tokens", pa.int64()),
-    ("latency_s", pa.float64()),
-])
+# ---------------------------------------------------------------------------------------------
+# Exploration
 
-EPISODE = pa.schema([
-    ("run_id", pa.string()),
-    ("api", pa.string()),
-    ("episode_id", pa.string()),
-    ("episode_index", pa.int32()),
-    ("conversation", pa.string()),  # JSON list of chat messages, as sent to and received from the model
-    ("num_trials", pa.int32()),
-    ("stop_reason", pa.string()),  # completed | context_full
-    ("memory_size", pa.int32()),  # long-term memory entries the episode started with
-    ("prompt_tokens", pa.int64()),
-    ("completion_tokens", pa.int64()),
-    ("latency_s", pa.float64()),
+
+@dataclasses.dataclass
+class Step:
+    """One turn of a trial that was not its final answer."""
+
+    thought: str | None
+    action: str | None
+    action_input: str | None  # the model's raw Action Input text
+    observation: str | None  # what the explorer was shown (a result, or a corrective message)
+    parse_error: str | None  # why the turn did not parse, else null
+    tool_error_kind: str | None  # the tool call's failure kind, else null
+    latency_s: float
+
+
+@dataclasses.dataclass
+class Trial:
+    """One STM slot of an episode: an imagined query, the calls made for it, the answer."""
+
+    run_id: str
+    api: str
+    episode_id: str
+    episode_index: int
+    slot: int  # position of the trial in its episode's conversation
+    query: str
+    steps: list[Step]
+    final_answer: str | None  # null when the trial ended without one
+    reflection: str | None  # the explorer's raw answer; null with --no-reflection
+    success: bool | None  # the explorer's own Yes/No; null when not asked or unclear
+    num_calls: int
+    num_parse_errors: int
+    num_tool_errors: int
+    executed: bool  # false under --no-exec
+    constrained: bool
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+
+
+@dataclasses.dataclass
+class Episode:
+    run_id: str
+    api: str
+    episode_id: str
+    episode_index: int
+    conversation: str  # JSON list of chat messages, as sent to and received from the model
+    num_trials: int
+    stop_reason: str  # completed | context_full
+    memory_size: int  # long-term memory entries the episode started with
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
     # Of latency_s, the time the episode's model requests took; the rest is tool calls, parsing
     # and waiting for the actor's event loop.
-    ("model_latency_s", pa.float64()),
-    ("completion_tokens_per_request", pa.list_(pa.int32())),  # each model reply's length, in order
-])
+    model_latency_s: float
+    completion_tokens_per_request: list[int]  # each model reply's length, in order
 
 
-def write_rows(path: Path, rows: list[dict[str, Any]], schema: pa.Schema) -> None:
-    """Write rows as one Parquet file, atomically (temporary name, then rename)."""
+# ---------------------------------------------------------------------------------------------
+# Exploitation
+
+
+@dataclasses.dataclass
+class JudgedTrial:
+    """A trial after exploit's filters: kept, or the first check that dropped it and why."""
+
+    trial_key: str  # content hash of the trial: the cache key of the judge's verdicts
+    api: str
+    episode_id: str
+    slot: int
+    query: str
+    action: str | None  # the call the example teaches (the trial's last successful call)
+    action_input: str | None
+    observation: str | None
+    final_answer: str | None
+    kept: bool
+    dropped_by: str | None  # the first failed check (see ste_ray.exploit), null when kept
+    reason: str | None  # what exactly failed
+    judge_informative: bool | None  # the judge's three aspects; null when not judged
+    judge_faithful: bool | None
+    judge_appropriate: bool | None
+    judge_error: str | None  # the judge call failed after retries: kept, and reported
+
+
+@dataclasses.dataclass
+class SFTExample:
+    """One chat example for fine-tuning, in the tool-mode format evaluation and serving use."""
+
+    example_id: str
+    api: str  # the API the example calls; empty for general data
+    seed_key: str  # the trial it comes from (paraphrases share their seed's key)
+    query: str
+    paraphrase: bool
+    messages: str  # JSON list of chat messages; the assistant turns are the training targets
+    split: str  # train | validation
+    batch: int  # continual-learning round (0 without --batches)
+    source: str  # explore | general
+
+
+# ---------------------------------------------------------------------------------------------
+# Parquet, derived from the records
+
+
+def _arrow_type(tp: Any) -> pa.DataType:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) is list:
+        return pa.list_(_arrow_type(typing.get_args(tp)[0]))
+    if dataclasses.is_dataclass(tp):
+        return pa.struct([(name, _arrow_type(t)) for name, t in typing.get_type_hints(tp).items()])
+    return {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}[tp]
+
+
+def arrow_schema(record: type) -> pa.Schema:
+    """The Parquet schema of a record type."""
+    return pa.schema([(name, _arrow_type(tp)) for name, tp in typing.get_type_hints(record).items()])
+
+
+def _from_value(tp: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) is list:
+        return [_from_value(typing.get_args(tp)[0], v) for v in value]
+    if dataclasses.is_dataclass(tp):
+        return from_row(tp, value)
+    return value
+
+
+def from_row(record: type[R], row: dict[str, Any]) -> R:
+    """A record from a Parquet row (a dict, nested records as dicts)."""
+    hints = typing.get_type_hints(record)
+    return record(**{name: _from_value(hints[name], row.get(name)) for name in hints})
+
+
+def write_records(path: Path, records: list[Any], record: type) -> None:
+    """Write records as one Parquet file, atomically (temporary name, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    rows = [dataclasses.asdict(r) if dataclasses.is_dataclass(r) else r for r in records]
+    pq.write_table(pa.Table.from_pylist(rows, schema=arrow_schema(record)), tmp)
     os.replace(tmp, path)
 
 
-def read_dir(directory: Path, schema: pa.Schema) -> pa.Table:
-    """All Parquet files of a directory as one table (empty if there are none)."""
-    files = sorted(p for p in Path(directory).glob("*.parquet"))
+def read_dir(directory: str | Path, record: type) -> pa.Table:
+    """All Parquet files of a directory as one table of ``record`` rows (empty if none)."""
+    schema = arrow_schema(record)
+    files = sorted(Path(directory).glob("*.parquet"))
     if not files:
         return schema.empty_table()
     return pa.concat_tables(pq.read_table(f, schema=schema) for f in files)
+
+
+def read_records(directory: str | Path, record: type[R]) -> list[R]:
+    return [from_row(record, row) for row in read_dir(directory, record).to_pylist()]

@@ -4,15 +4,35 @@ user's cluster) with the embedded model deployed through ste_ray.engine, exactly
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import tarfile
 import tempfile
+import time
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 
-from ste_ray.engine import EngineConfig, Endpoint, explorer_endpoint
+from ste_ray.client import Endpoint
+from ste_ray.engine import EngineConfig, model_endpoint
+
+DATA = Path(__file__).with_name("data")
+
+
+@functools.lru_cache(maxsize=1)
+def ste_data() -> Path:
+    """The STE repository's data the tests need beyond what the package ships (all 817 API
+    descriptions, the paper's 22 prediction files; MIT, see LICENSE inside), unpacked once."""
+    target = Path(tempfile.mkdtemp(prefix="ste-data-"))
+    with tarfile.open(DATA / "ste.tar.xz") as archive:
+        archive.extractall(target, filter="data")
+    return target
 
 
 def free_port() -> int:
@@ -21,18 +41,56 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_head(temp_dir: str, log_path: Path, *flags: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``ray start --head --block`` with its own temp dir, in its own process group, on ports that no
+    other cluster's defaults use; returns once the cluster is up."""
+    ports = {"--port": free_port(), "--ray-client-server-port": free_port(), "--dashboard-port": free_port(),
+             "--dashboard-agent-listen-port": free_port(), "--runtime-env-agent-port": free_port(),
+             "--metrics-export-port": free_port()}
+    with log_path.open("w") as log:
+        head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+                                 "--temp-dir", temp_dir, "--disable-usage-stats",
+                                 *(str(a) for kv in ports.items() for a in kv), *flags],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + 90
+    while not Path(temp_dir, "ray_current_cluster").exists():
+        assert head.poll() is None, log_path.read_text()
+        assert time.monotonic() < deadline, "ray start --head did not come up"
+        time.sleep(0.5)
+    return head
+
+
+def stop_head(head: subprocess.Popen) -> None:
+    """Kill every process of a cluster started by ``start_head`` (they share its process group);
+    never `ray stop`, which stops every Ray cluster on the host."""
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(15)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+
+
 @pytest.fixture(scope="session")
-def ray_session():
+def ray_session(tmp_path_factory):
+    """The tests' own Ray cluster, started as users start one (`ray start --head`), on ports and in a
+    temp dir of its own, so that the default ports stay free for the clusters the README starts."""
     import ray
+    from ray import serve
 
     # Short path: Ray's Unix sockets live under the temp dir and paths are limited to 107 bytes.
     temp_dir = tempfile.mkdtemp(prefix="ray-t", dir="/tmp")
-    ray.init(num_cpus=8, include_dashboard=False, _temp_dir=temp_dir, logging_level="WARNING")
+    # Without token authentication, as the test process connects: `ray start` would turn it on
+    # whenever ~/.ray/auth_token exists (a README cluster test creates one).
+    head = start_head(temp_dir, tmp_path_factory.mktemp("ray") / "ray-start.log", "--num-cpus", "8",
+                      "--include-dashboard", "false", env={"RAY_AUTH_MODE": "disabled"})
+    address = Path(temp_dir, "ray_current_cluster").read_text().strip()
+    ray.init(address=address, logging_level="WARNING")
     yield temp_dir
-    from ray import serve
-
     serve.shutdown()
     ray.shutdown()
+    stop_head(head)
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -48,7 +106,7 @@ def engine(ray_session, engine_config) -> Endpoint:
     of the session the job-side teardown must have removed the application."""
     from ray import serve
 
-    with explorer_endpoint(engine_config) as endpoint:
+    with model_endpoint(engine_config) as endpoint:
         yield endpoint
     assert engine_config.app_name not in serve.status().applications
 

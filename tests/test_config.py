@@ -1,9 +1,12 @@
 import dataclasses
+from typing import ClassVar, Literal
 
 import pytest
 
-from ste_ray.config import ConfigError, build_parser, from_dict, load_config, option
-from ste_ray.engine import EngineConfig, RayConfig
+from ste_ray.config import Alias, ConfigError, build_parser, flags_markdown, from_dict, load_config, option
+from ste_ray.engine import EngineConfig
+from ste_ray.runtime import RayConfig
+from ste_ray.tools.calls import ToolCallConfig, limits_for
 
 
 @dataclasses.dataclass
@@ -117,11 +120,61 @@ class JobWithOwnDefaults:
 
 
 def test_a_jobs_own_section_default_holds_for_yaml_cli_and_help(tmp_path):
-    from ste_ray.config import flags_markdown
-
     path = tmp_path / "job.yaml"
     path.write_text("inner: {ratio: 0.25}\n")
     cfg = load_config(JobWithOwnDefaults, ["--config", str(path)])
     assert (cfg.inner.size, cfg.inner.ratio) == (7, 0.25)
     assert load_config(JobWithOwnDefaults, ["--inner.ratio", "0.1"]).inner.size == 7
     assert "| `--inner.size` | `7` |" in flags_markdown(JobWithOwnDefaults)
+
+
+@dataclasses.dataclass
+class WithAliases:
+    inner: Inner = option(default_factory=Inner, help="nested section")
+    mode: Literal["fast", "slow"] = option("fast", help="how")
+    count: int = option(1, help="how many", ge=0, le=10)
+
+    aliases: ClassVar = (Alias("size", "Shorthand for --inner.size", {"inner.size": "{}"}),
+                         Alias("slow", "Shorthand for --mode slow", {"mode": "slow"}, boolean=True))
+
+    def validate(self):
+        if self.mode == "slow" and self.inner.size > 5:
+            raise ConfigError("mode: slow needs inner.size ≤ 5")
+
+
+def test_aliases_expand_at_parse_time_and_fields_win():
+    cfg = load_config(WithAliases, ["--size", "4", "--slow"])
+    assert (cfg.inner.size, cfg.mode) == (4, "slow")
+    assert load_config(WithAliases, ["--size", "4", "--inner.size", "2"]).inner.size == 2  # the field's own flag wins
+    with pytest.raises(ConfigError, match="^mode: slow needs"):  # validate sees the expanded values
+        load_config(WithAliases, ["--slow", "--size", "9"])
+    assert "| `--slow` | | Shorthand for --mode slow |" in flags_markdown(WithAliases)
+
+
+def test_choices_and_bounds_are_declared_checked_and_shown():
+    with pytest.raises(ConfigError, match=r"^--mode: must be one of fast, slow, got 'medium'"):
+        load_config(WithAliases, ["--mode", "medium"])
+    with pytest.raises(ConfigError, match=r"^count: must be at most 10"):
+        from_dict(WithAliases, {"count": 11})
+    with pytest.raises(ConfigError, match=r"^count: must be 0 or more"):
+        from_dict(WithAliases, {"count": -1})
+    help_text = build_parser(WithAliases).format_help()
+    assert "{FAST,SLOW}" in help_text and "(one of: fast, slow)" in help_text and "(≥ 0, ≤ 10)" in help_text
+
+
+def test_validate_never_rewrites_the_config():
+    cfg = load_config(WithAliases, ["--size", "3"])
+    before = dataclasses.asdict(cfg)
+    cfg.validate()
+    assert dataclasses.asdict(cfg) == before
+
+
+def test_per_tool_limits_are_typed_and_merge_over_the_defaults():
+    cfg = from_dict(ToolCallConfig, {"limits": {"timeout_s": 5}, "per_tool": {"add_date": {"rate_per_s": 2}}})
+    merged = limits_for(cfg, "add_date")
+    assert (merged.rate_per_s, merged.timeout_s, merged.burst) == (2, 5, 20)
+    assert limits_for(cfg, "other").rate_per_s == 20
+    with pytest.raises(ConfigError, match=r"^per_tool\.add_date\.rate: unknown field"):
+        from_dict(ToolCallConfig, {"per_tool": {"add_date": {"rate": 2}}})
+    with pytest.raises(ConfigError, match=r"^per_tool\.add_date\.burst: must be at least 1"):
+        from_dict(ToolCallConfig, {"per_tool": {"add_date": {"burst": 0}}})

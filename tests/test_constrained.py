@@ -12,11 +12,12 @@ import jsonschema
 import pytest
 from aiohttp import web
 
-from ste_ray.client import LLMClient
-from ste_ray.constrained import REFLECTION_REGEX, structured, supports_structured_outputs, turn_regex
-from ste_ray.engine import Endpoint
-from ste_ray.explore import ExploreSettings, parse_reflection, parse_turn, run_exploration, trial_prompt
-from ste_ray.schema import TRIAL, read_dir
+from ste_ray.client import Endpoint, LLMClient
+from ste_ray.constrained import (REFLECTION_REGEX, grammar_request, regex_request, supports_structured_outputs,
+                                 turn_grammar)
+from ste_ray.explore import ExploreSettings, run_exploration
+from ste_ray.react import parse_reflection, parse_turn, trial_prompt
+from ste_ray.schema import Trial, read_dir
 from ste_ray.tools.builtin import select_builtin
 from ste_ray.tools.calls import ToolCallConfig
 
@@ -55,7 +56,7 @@ async def test_run_without_structured_outputs_falls_back_with_a_warning(ray_sess
                                        "fallback", progress=False)
     warnings = [r for r in caplog.records if "does not honour vLLM structured outputs" in r.getMessage()]
     assert len(warnings) == 1 and result.episodes_done == 1 and not result.failures
-    trials = read_dir(tmp_path / "trials", TRIAL).to_pylist()
+    trials = read_dir(tmp_path / "trials", Trial).to_pylist()
     assert len(trials) == 1 and trials[0]["constrained"] is False and trials[0]["final_answer"] == "42"
 
 
@@ -79,9 +80,9 @@ async def test_constrained_turns_always_parse_and_validate(engine):
     calls = 0
     async with engine.client(max_concurrency=8) as llm:
         for spec in specs:
-            messages = [{"role": "user", "content": trial_prompt(spec, SAMPLED[spec.name])}]
-            result = await llm.chat(messages, temperature=1.0, max_tokens=192, n=SAMPLES_PER_TOOL,
-                                    stop=["Observation:"], extra_body=structured(turn_regex(spec)))
+            messages = [{"role": "user", "content": trial_prompt(spec.name, SAMPLED[spec.name])}]
+            result = await llm.chat(messages, temperature=1.0, max_tokens=192, n=SAMPLES_PER_TOOL, stop=["Observation:"],
+                                    extra_body=grammar_request(turn_grammar([(spec.name, spec.parameters)])))
             assert len(result.texts) == SAMPLES_PER_TOOL
             for text in result.texts:
                 turn = parse_turn(text, [spec.name])
@@ -91,7 +92,7 @@ async def test_constrained_turns_always_parse_and_validate(engine):
                     jsonschema.validate(turn.arguments, spec.parameters)
                     calls += 1
         reflection = await llm.chat([{"role": "user", "content": "Did you fulfill the request? Answer Yes or No."}],
-                                    temperature=1.0, max_tokens=8, n=4, extra_body=structured(REFLECTION_REGEX))
+                                    temperature=1.0, max_tokens=8, n=4, extra_body=regex_request(REFLECTION_REGEX))
         assert all(parse_reflection(t) is not None and t in ("Yes", "No") for t in reflection.texts)
     # The model is told to call the API first: most samples are calls, not final answers.
     assert calls >= len(specs) * SAMPLES_PER_TOOL // 2

@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from ste_ray.client import LLMRequestError
-from ste_ray.engine import EngineConfig, Endpoint, check_endpoint, explorer_endpoint
+from ste_ray.client import Endpoint, LLMRequestError
+from ste_ray.engine import EngineConfig, check_endpoint, model_endpoint
 from ste_ray.config import ConfigError
 from ste_ray.model import resolve_model
 
@@ -85,13 +85,13 @@ async def test_unknown_model_is_a_clear_4xx(engine: Endpoint):
 
 def test_attach_mode_reaches_the_running_engine(engine: Endpoint, engine_config: EngineConfig):
     attach = EngineConfig(mode="attach", port=engine_config.port)
-    with explorer_endpoint(attach) as endpoint:
+    with model_endpoint(attach) as endpoint:
         assert endpoint.base_url == engine.base_url and endpoint.model == engine.model
 
 
 def test_external_mode_reads_the_key_from_the_environment(engine: Endpoint, monkeypatch):
     monkeypatch.setenv("STE_TEST_KEY", "sk-secret")
     external = EngineConfig(mode="external", url=engine.base_url, model=engine.model, api_key_env="STE_TEST_KEY")
-    with explorer_endpoint(external) as endpoint:
+    with model_endpoint(external) as endpoint:
         assert endpoint.api_key == "sk-secret"
         assert "sk-secret" not in repr(endpoint)

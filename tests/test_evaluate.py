@@ -5,20 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from ste_ray.evaluate import (Benchmark, EvalSettings, PromptFitter, Retriever, Setting, build_prompt, load_demo_pool,
-                              metrics, parse_output, run_setting, score, select_queries)
+from ste_ray.benchmark import Benchmark, benchmark_dir
+from ste_ray.embeddings import Retriever
+from ste_ray.evaluate import EvalSettings, Setting, load_demo_pool, metrics, per_batch_rows, score, select_queries
+from ste_ray.evaluate.runner import PromptFitter, run_setting
+from ste_ray.react import parse_output, tool_prompt
+from tests.conftest import ste_data
 
 ROOT = Path(__file__).resolve().parents[1]
-PREDICTIONS = Path(os.environ.get("STE_RAY_STE_DATA", ROOT.parent / "shared" / "data" / "ste")) / "predictions"
+PREDICTIONS = ste_data() / "predictions"
 FILES = sorted(PREDICTIONS.glob("*.json"))
-needs_files = pytest.mark.skipif(not FILES, reason=f"the paper's prediction files are not in {PREDICTIONS}")
 
 # The paper's notebook output for these files (wellformed, api_match, correct).
 PUBLISHED = {
@@ -37,12 +39,10 @@ def benchmark() -> Benchmark:
     return Benchmark.load()
 
 
-@needs_files
 def test_all_22_published_files_are_present():
     assert len(FILES) == 22
 
 
-@needs_files
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 async def test_scorer_reproduces_the_published_marks(path, benchmark):
     """Every item's no_call / err / api_match as the file records them, hence the same figures."""
@@ -60,7 +60,6 @@ async def test_scorer_reproduces_the_published_marks(path, benchmark):
         assert (m["wellformed"], m["api_match"], m["correct"]) == PUBLISHED[path.name]
 
 
-@needs_files
 async def test_string_match_for_all_apis_only_changes_correct(benchmark):
     data = load("mistral_FT.json")
     stored = (await score(data, benchmark.string_match, judge="stored")).metrics
@@ -69,7 +68,6 @@ async def test_string_match_for_all_apis_only_changes_correct(benchmark):
     assert strict["correct"] < stored["correct"]  # exact strings are stricter than the judge
 
 
-@needs_files
 @pytest.mark.parametrize("file, api, index, kind, action, reason", [
     # a toolken (<tool_NAME>) is stripped to the API's name
     ("CL_round_0.json", "add_date", 0, "call", "add_date", None),
@@ -124,7 +122,7 @@ def test_prompt_fitter_cuts_demos_then_tools(benchmark):
     fitter = PromptFitter(None, max_model_len=1024, max_tokens=96)
     apis = benchmark.apis[:10]
     demos = load_demo_pool("benchmark", benchmark)[:6]
-    make = lambda a, d: build_prompt(benchmark, a, "What is 2+2?", d)
+    make = lambda a, d: tool_prompt([(x, benchmark.descriptions[x]) for x in a], "What is 2+2?", d)
     prompt, cut = fitter.fit(make, apis, demos)
     assert fitter.tokens(prompt) <= fitter.budget
     assert cut["demos"] == 6 and cut["tools"] and cut["apis"] == apis[:len(apis) - len(cut["tools"])]
@@ -158,7 +156,6 @@ def test_bad_input_fails_before_any_work(tmp_path):
     assert "ray" not in result.stdout.lower()
 
 
-@needs_files
 def test_scoring_job_prints_the_published_figures():
     result = subprocess.run([sys.executable, "jobs/evaluate.py", "--predictions", str(PREDICTIONS / "mistral.json"),
                              "--judge", "stored", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -200,14 +197,11 @@ async def test_runner_on_the_real_engine_rescores_to_the_same_numbers(engine, en
         assert all(api in item["API_name_list"] for item in items)  # oracle: the ground truth is offered
 
 
-@needs_files
 async def test_per_batch_metrics_match_the_papers_continual_learning_figures(benchmark):
     """The paper's notebook scores llama-7Bf_FT_flan.json per CL batch; per_batch_rows must agree."""
-    from ste_ray.evaluate import SettingResult, benchmark_dir, per_batch_rows
-
     scored = await score(load("llama-7Bf_FT_flan.json"), benchmark.string_match, judge="stored")
     batches = json.loads((benchmark_dir() / "CL_batches.json").read_text())
-    rows = per_batch_rows(SettingResult("flan", {}, scored, 0.0, 0, 0, 0), batches)
+    rows = per_batch_rows("flan", scored, batches)
     assert [row[1:] for row in rows] == [
         [0, 180, 100.0, 92.222, 73.333], [1, 195, 100.0, 98.974, 87.179],
         [2, 180, 100.0, 92.778, 68.333], [3, 195, 95.897, 96.791, 67.179]]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from pathlib import Path
 
@@ -13,9 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
 
-from ste_ray.explore import NO_EXEC_OBSERVATION, ExploreSettings, episode_id, run_exploration, ste_api_descriptions_path
-from ste_ray.schema import EPISODE, TRIAL, read_dir
+from ste_ray.explore import ExploreSettings, run_exploration
+from ste_ray.explore.episode import NO_EXEC_OBSERVATION, episode_id
+from ste_ray.schema import Episode, Trial, read_dir, read_records
 from ste_ray.tools.builtin import ste_offline_apis
+from ste_ray.tools.sources import ste_api_descriptions_path
 from ste_ray.tools.calls import ToolCallConfig, ToolLimits
 from ste_ray.tools.spec import Executor, ToolSpec
 
@@ -110,10 +111,10 @@ async def test_killed_run_resumes_without_loss_or_repeats(ray_session, engine, t
 
     result = await run_exploration(engine, [add_date()], settings, cfg, tmp_path, "r3", progress=False)
     assert result.episodes_before == len(finished_before) and result.episodes_done == 6 - len(finished_before)
-    episodes = read_dir(tmp_path / "episodes", EPISODE).to_pylist()
+    episodes = read_dir(tmp_path / "episodes", Episode).to_pylist()
     ids = [e["episode_id"] for e in episodes]
     assert sorted(ids) == sorted(episode_id("add_date", i) for i in range(6))  # all, none twice
-    trials = read_dir(tmp_path / "trials", TRIAL).to_pylist()
+    trials = read_dir(tmp_path / "trials", Trial).to_pylist()
     assert sorted(t["episode_id"] for t in trials) == sorted(ids)
     # Long-term memory was rebuilt from what the first run wrote.
     resumed = [e for e in episodes if e["episode_id"] not in finished_before]
@@ -132,17 +133,13 @@ async def test_killed_actor_is_replaced(ray_session, engine, tmp_path):
             actor = ray.get_actor("ste-explorer:r4:0", namespace="ste-ray")
         except ValueError:
             await asyncio.sleep(0.2)
-    pid = await actor.pid.remote()
     while not list((tmp_path / "episodes").glob("*.parquet")):
         await asyncio.sleep(0.2)
     ray.kill(actor, no_restart=False)  # dies with episodes in flight
-    deadline = time.monotonic() + 60
-    while await actor.pid.remote() == pid:  # calls may reach the dying process first
-        assert time.monotonic() < deadline, "the killed actor was not restarted"
-        await asyncio.sleep(0.5)
     result = await run
     assert result.failures == [] and result.episodes_done == 6
-    assert len(read_dir(tmp_path / "episodes", EPISODE)) == 6
+    assert len(read_dir(tmp_path / "episodes", Episode)) == 6
+    assert ray._private.state.actors(actor._actor_id.hex())["NumRestarts"] >= 1  # it was restarted, and finished
 
 
 async def test_ablations_change_what_the_explorer_sees(ray_session, engine, tmp_path):
@@ -151,12 +148,12 @@ async def test_ablations_change_what_the_explorer_sees(ray_session, engine, tmp_
     cfg = tool_cfg()
     result = await run_exploration(engine, [add_date()], settings, cfg, tmp_path, "r5", progress=False)
     assert result.failures == []
-    trials = read_dir(tmp_path / "trials", TRIAL).to_pylist()
+    trials = read_dir(tmp_path / "trials", Trial).to_pylist()
     assert len(trials) == 2  # no STM: one trial per episode although num_stm_slots is 3
     for t in trials:
         assert t["executed"] is False and t["reflection"] is None and t["success"] is None
         assert all(s["observation"] == NO_EXEC_OBSERVATION for s in t["steps"] if not s["parse_error"])
-    for e in read_dir(tmp_path / "episodes", EPISODE).to_pylist():
+    for e in read_dir(tmp_path / "episodes", Episode).to_pylist():
         conversation = json.loads(e["conversation"])
         assert "already explored" not in conversation[0]["content"]  # no LTM, even for the second episode
         assert not any("Did you fulfill" in m["content"] for m in conversation)

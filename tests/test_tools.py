@@ -20,15 +20,16 @@ from zoneinfo import ZoneInfo
 import pytest
 from aiohttp import web
 
+from ste_ray.benchmark import benchmark_dir
 from ste_ray.tools.builtin import builtin_by_name, builtin_tools, ste_offline_apis
 from ste_ray.tools.calls import ToolBox, ToolCallConfig, ToolLimits
 from ste_ray.tools.loaders import from_callable, load_mcp, load_openai_tools, load_openapi, load_ste_apis, tool
 from ste_ray.tools.server import start_server
 from ste_ray.tools.spec import Executor, ToolSpec, ToolSpecError
+from tests.conftest import ste_data
 
-STE = Path(__file__).resolve().parents[2] / "shared" / "data" / "ste"
-API_DESCRIPTIONS = STE / "API_descriptions.json"
-TOOL_TEST = STE / "tool_test.json"
+API_DESCRIPTIONS = ste_data() / "API_descriptions.json"
+TOOL_TEST = benchmark_dir() / "tool_test.json"
 
 
 def haversine_km(lat1, lon1, lat2, lon2):

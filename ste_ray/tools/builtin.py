@@ -20,21 +20,19 @@ import difflib
 import functools
 import hashlib
 import ipaddress
+import json
 import math
 import operator
 import os
 import re
 import secrets
 import string
+from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ste_ray.tools.loaders import from_callable, tool
-from ste_ray.tools.spec import ToolSpec
-
-
-class ToolInputError(ValueError):
-    """The arguments are well-formed but cannot be served (unknown place, bad date, ...)."""
+from ste_ray.tools.loaders import from_callable, load_ste_apis, tool
+from ste_ray.tools.spec import ToolInputError, ToolSpec
 
 
 def today() -> dt.date:
@@ -890,11 +888,6 @@ def builtin_by_name() -> dict[str, ToolSpec]:
 def ste_offline_apis(api_descriptions: str | os.PathLike, names: list[str] | None = None) -> list[ToolSpec]:
     """The STE benchmark APIs that have an offline executor here, with the benchmark's own
     descriptions (verbatim, so prompts match the benchmark) and the built-in executors."""
-    import json
-    from pathlib import Path
-
-    from ste_ray.tools.loaders import load_ste_apis
-
     builtins = builtin_by_name()
     available = [n for n in json.loads(Path(api_descriptions).read_text()) if n in builtins]
     if names is not None:

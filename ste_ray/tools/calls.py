@@ -15,42 +15,48 @@ import asyncio
 import collections
 import dataclasses
 import json
-import random
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import ray
+from ray.util import metrics
 
 from ste_ray.config import fail, option
+from ste_ray.retry import backoff_delay
 from ste_ray.tools.executors import ExecutorRuntime, RetryableToolError, ToolCallError, secret_of
 from ste_ray.tools.spec import ToolSpec, normalized_arguments
 
 ACTOR_NAMESPACE = "ste-ray"
-RECORD_MODES = ("off", "record", "replay")
 
 
 @dataclasses.dataclass
 class ToolLimits:
     """How one tool may be called. Shared by every caller of that tool in the cluster."""
 
-    rate_per_s: float = option(20.0, help="Token-bucket refill: calls per second")
-    burst: int = option(20, help="Token-bucket size: calls allowed at once after a quiet spell")
-    max_concurrency: int = option(8, help="Calls of this tool in flight at once")
-    timeout_s: float = option(30.0, help="Time limit of one attempt")
-    max_retries: int = option(3, help="Retries after timeouts, 429, 5xx and connection errors")
-    backoff_base_s: float = option(0.5, help="First retry delay; doubles each retry, with full jitter")
-    backoff_max_s: float = option(10.0, help="Longest retry delay (a longer Retry-After is capped here)")
-    max_result_chars: int = option(2048, help="Results longer than this are truncated for the explorer")
+    rate_per_s: float = option(20.0, help="Token-bucket refill: calls per second", gt=0)
+    burst: int = option(20, help="Token-bucket size: calls allowed at once after a quiet spell", ge=1)
+    max_concurrency: int = option(8, help="Calls of this tool in flight at once", ge=1)
+    timeout_s: float = option(30.0, help="Time limit of one attempt", gt=0)
+    max_retries: int = option(3, help="Retries after timeouts, 429, 5xx and connection errors", ge=0)
+    backoff_base_s: float = option(0.5, help="First retry delay; doubles each retry, with full jitter", gt=0)
+    backoff_max_s: float = option(10.0, help="Longest retry delay (a longer Retry-After is capped here)", gt=0)
+    max_result_chars: int = option(2048, help="Results longer than this are truncated for the explorer", ge=1)
 
-    def validate(self) -> None:
-        for name in ("rate_per_s", "timeout_s", "backoff_base_s", "backoff_max_s"):
-            if getattr(self, name) <= 0:
-                fail(name, "must be positive")
-        for name in ("burst", "max_concurrency", "max_result_chars"):
-            if getattr(self, name) < 1:
-                fail(name, "must be at least 1")
-        if self.max_retries < 0:
-            fail("max_retries", "must be 0 or more")
+
+@dataclasses.dataclass
+class ToolLimitOverrides:
+    """Limits of one tool that differ from the defaults (unset fields keep the default)."""
+
+    rate_per_s: float | None = option(None, help="Token-bucket refill: calls per second", gt=0)
+    burst: int | None = option(None, help="Token-bucket size", ge=1)
+    max_concurrency: int | None = option(None, help="Calls of this tool in flight at once", ge=1)
+    timeout_s: float | None = option(None, help="Time limit of one attempt", gt=0)
+    max_retries: int | None = option(None, help="Retries after transient failures", ge=0)
+    backoff_base_s: float | None = option(None, help="First retry delay", gt=0)
+    backoff_max_s: float | None = option(None, help="Longest retry delay", gt=0)
+    max_result_chars: int | None = option(None, help="Truncation length of results", ge=1)
 
 
 @dataclasses.dataclass
@@ -58,35 +64,29 @@ class ToolCallConfig:
     """The tool-call path: limits, overrides per tool, and the record/replay cache."""
 
     limits: ToolLimits = option(default_factory=ToolLimits, help="Default limits of every tool")
-    per_tool: dict = option(
+    per_tool: dict[str, ToolLimitOverrides] = option(
         default_factory=dict, help="Limits per tool name, overriding the defaults: {add_date: {rate_per_s: 5}}"
     )
-    record_mode: str = option("off", help="off | record (save every call's observation) | replay (no backend)")
+    record_mode: Literal["off", "record", "replay"] = option(
+        "off", help="off, record (save every call's observation) or replay (no backend)")
     record_dir: str = option("", help="Directory of the record/replay cache (one JSONL file per actor group)")
-    actor_num_cpus: float = option(0.0, help="Ray CPUs reserved per tool-call actor")
+    actor_num_cpus: float = option(0.0, help="Ray CPUs reserved per tool-call actor", ge=0)
     scope: str = option(
         "default", help="Actors are shared by name within a scope: runs in the same scope share tool limits"
     )
 
     def validate(self) -> None:
-        if self.record_mode not in RECORD_MODES:
-            fail("record_mode", f"must be one of {', '.join(RECORD_MODES)}, got {self.record_mode!r}")
         if self.record_mode != "off" and not self.record_dir:
             fail("record_dir", f"record_mode={self.record_mode} needs a directory")
         if self.record_mode == "replay" and not Path(self.record_dir).is_dir():
             fail("record_dir", f"replay needs an existing directory, {self.record_dir!r} is not one")
-        known = {f.name for f in dataclasses.fields(ToolLimits)}
-        for tool, overrides in self.per_tool.items():
-            if not isinstance(overrides, dict):
-                fail(f"per_tool.{tool}", "must be a mapping of limit names to values")
-            for key in overrides:
-                if key not in known:
-                    fail(f"per_tool.{tool}.{key}", f"unknown limit (known: {', '.join(sorted(known))})")
-            limits_for(self, tool).validate()
 
 
 def limits_for(cfg: ToolCallConfig, tool: str) -> ToolLimits:
-    return dataclasses.replace(cfg.limits, **cfg.per_tool.get(tool, {}))
+    overrides = cfg.per_tool.get(tool)
+    if overrides is None:
+        return cfg.limits
+    return dataclasses.replace(cfg.limits, **{k: v for k, v in dataclasses.asdict(overrides).items() if v is not None})
 
 
 @dataclasses.dataclass
@@ -157,8 +157,6 @@ class ToolCallActor:
     """Runs the calls of one executor group (created as a named Ray actor by ``ToolBox``)."""
 
     def __init__(self, group: str, specs: list[ToolSpec], cfg: ToolCallConfig, secrets: dict[str, str] | None = None):
-        from ray.util import metrics
-
         self.group = group
         self.cfg = cfg
         self.tools: dict[str, _ToolState] = {}
@@ -241,9 +239,7 @@ class ToolCallActor:
                 except RetryableToolError as e:
                     last_kind, last_message, retry_after = e.kind, str(e), e.retry_after
             if attempt <= limits.max_retries:
-                delay = retry_after if retry_after is not None else random.uniform(
-                    0, limits.backoff_base_s * 2 ** (attempt - 1))
-                await asyncio.sleep(min(delay, limits.backoff_max_s))
+                await asyncio.sleep(backoff_delay(attempt - 1, limits.backoff_base_s, limits.backoff_max_s, retry_after))
         text = f"Error: {spec.name} failed after {limits.max_retries + 1} attempts ({last_kind}): {last_message}"
         return Observation(spec.name, False, _scrub(text, self.secrets), last_kind, limits.max_retries + 1)
 
@@ -276,8 +272,6 @@ class ToolBox:
     """The tools of a run, called by name through their group's shared actor."""
 
     def __init__(self, specs: list[ToolSpec], cfg: ToolCallConfig | None = None):
-        import ray
-
         self.cfg = cfg or ToolCallConfig()
         self.specs = {s.name: s for s in specs}
         groups: dict[str, list[ToolSpec]] = collections.defaultdict(list)
@@ -331,7 +325,5 @@ class ToolBox:
         return merged
 
     def shutdown(self) -> None:
-        import ray
-
         for actor in self.actors.values():
             ray.kill(actor)

@@ -14,7 +14,8 @@ from typing import Any
 
 import aiohttp
 
-from ste_ray.tools.spec import Executor, ToolSpec
+from ste_ray.retry import retry_after_seconds
+from ste_ray.tools.spec import Executor, ToolInputError, ToolSpec
 
 
 class RetryableToolError(Exception):
@@ -67,8 +68,6 @@ class ExecutorRuntime:
         return await self._mcp_call(executor, arguments)
 
     async def _python(self, executor: Executor, arguments: dict[str, Any]) -> Any:
-        from ste_ray.tools.builtin import ToolInputError
-
         fn = executor.function
         try:
             if inspect.iscoroutinefunction(fn):
@@ -106,7 +105,7 @@ class ExecutorRuntime:
                     raise RetryableToolError(
                         "http_429" if resp.status == 429 else "http_5xx",
                         f"HTTP {resp.status} {resp.reason}: {text[:200]}",
-                        _retry_after(resp.headers.get("Retry-After")),
+                        retry_after_seconds(resp.headers.get("Retry-After")),
                     )
                 if resp.status >= 300:
                     raise ToolCallError("http_4xx" if resp.status >= 400 else "http_redirect",
@@ -146,10 +145,3 @@ def _query_value(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return json.dumps(value)
     return str(value)
-
-
-def _retry_after(header: str | None) -> float | None:
-    try:
-        return max(0.0, float(header)) if header else None
-    except ValueError:
-        return None

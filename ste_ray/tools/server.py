@@ -15,8 +15,7 @@ import urllib.parse
 
 from aiohttp import web
 
-from ste_ray.tools.builtin import ToolInputError
-from ste_ray.tools.spec import ToolSpec
+from ste_ray.tools.spec import ToolInputError, ToolSpec
 
 MAX_BODY_BYTES = 64 * 1024
 

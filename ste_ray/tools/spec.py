@@ -12,11 +12,18 @@ from typing import Any, Callable
 
 import jsonschema
 
+from ste_ray.react import ste_block
+
 EXECUTOR_KINDS = ("python", "http", "mcp")
 
 
 class ToolSpecError(ValueError):
     """A tool definition is invalid. The message names the file (or object) and the field."""
+
+
+class ToolInputError(ValueError):
+    """A Python tool's arguments are well-formed but cannot be served (unknown place, bad date, ...):
+    its message goes back to the model as the observation."""
 
 
 @dataclasses.dataclass
@@ -102,7 +109,7 @@ class ToolSpec:
         return json.dumps(body, ensure_ascii=False)
 
     def ste_block(self) -> str:
-        return f"API_name: {self.name}\nDescription: {self.ste_description()}"
+        return ste_block(self.name, self.ste_description())
 
     def openai(self) -> dict[str, Any]:
         return {

@@ -12,7 +12,7 @@ Reports episodes/min and output tokens/s; the goals are (b at the highest level)
 (b) ÷ (c) ≥ 0.85. Every raw run salts vLLM's prefix cache, so none reuses another's cached prompts;
 structured-output grammars are compiled before (a), so (a) does not pay for them alone.
 
-    python jobs/bench_explore.py
+    python benchmarks/bench_explore.py
 """
 
 import asyncio
@@ -28,15 +28,18 @@ import uuid
 from pathlib import Path
 
 import psutil
+from loadgen import filler_words_for, run_load
 
 from ste_ray.config import fail, job_config, option, to_dict
-from ste_ray.constrained import REFLECTION_REGEX, structured, turn_regex
-from ste_ray.engine import EngineConfig, RayConfig, explorer_endpoint, init_ray
-from ste_ray.explore import EpisodeTask, ExploreSettings, run_episode, run_exploration, select_tools
-from ste_ray.loadgen import filler_words_for, run_load
-from ste_ray.schema import EPISODE, read_dir
+from ste_ray.constrained import REFLECTION_REGEX, grammar_request, regex_request, turn_grammar
+from ste_ray.engine import EngineConfig, model_endpoint
+from ste_ray.explore import ExploreSettings, run_exploration
+from ste_ray.explore.episode import EpisodeTask, run_episode
 from ste_ray.report import format_table
+from ste_ray.runtime import RayConfig, ray_cluster
+from ste_ray.schema import Episode, read_dir
 from ste_ray.tools.calls import ToolBox, ToolCallConfig
+from ste_ray.tools.sources import select_tools
 
 
 @dataclasses.dataclass
@@ -67,8 +70,9 @@ async def warm_up(endpoint, specs, settings) -> None:
     if not settings.constrained:
         return
     async with endpoint.client(max_concurrency=8) as llm:
-        ask = lambda regex: llm.chat([{"role": "user", "content": "Go."}], max_tokens=2, extra_body=structured(regex))
-        await asyncio.gather(ask(REFLECTION_REGEX), *(ask(turn_regex(spec)) for spec in specs))
+        ask = lambda extra: llm.chat([{"role": "user", "content": "Go."}], max_tokens=2, extra_body=extra)
+        await asyncio.gather(ask(regex_request(REFLECTION_REGEX)),
+                             *(ask(grammar_request(turn_grammar([(s.name, s.parameters)]))) for s in specs))
 
 
 async def sequential(endpoint, specs, settings, n) -> dict:
@@ -96,7 +100,7 @@ async def concurrent(endpoint, specs, settings, level, episodes, profile_s: floa
             progress=False))
         profile = await profile_explorers(profile_s, profile_dir) if profile_s else None
         result = await exploration
-        episodes = read_dir(Path(out) / "episodes", EPISODE)
+        episodes = read_dir(Path(out) / "episodes", Episode)
         busy = sum(episodes.column("latency_s").to_pylist())
         at_model = sum(episodes.column("model_latency_s").to_pylist())
         conversations = episodes.select(["episode_index", "api", "conversation", "completion_tokens_per_request"])
@@ -240,8 +244,7 @@ def engine_seconds_per_token(run: dict) -> float:
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     cfg = job_config(BenchExploreConfig)
-    init_ray(cfg.ray)
-    with explorer_endpoint(cfg.engine, cfg.ray) as endpoint:
+    with ray_cluster(cfg.ray), model_endpoint(cfg.engine) as endpoint:
         results = asyncio.run(run(endpoint, cfg))
     results = {"benchmark": "explore", "machine": {"cpus": psutil.cpu_count(), "platform": platform.platform()},
                "config": to_dict(cfg)} | results

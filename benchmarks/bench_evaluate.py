@@ -2,7 +2,7 @@
 and the paper's metrics), then the speed-up from prefix caching on the all-descriptions prompt,
 measured on the same queries with the engine started again without it.
 
-    python jobs/bench_evaluate.py                     # the embedded model, all 750 queries
+    python benchmarks/bench_evaluate.py                     # the embedded model, all 750 queries
 """
 
 import asyncio
@@ -15,10 +15,12 @@ from pathlib import Path
 import psutil
 
 from ste_ray.config import fail, job_config, option, to_dict
-from ste_ray.engine import EngineConfig, RayConfig, explorer_endpoint, init_ray
-from ste_ray.evaluate import METRICS_HEADERS, Benchmark, EvalSettings, metrics_table_rows, run_benchmark
+from ste_ray.benchmark import Benchmark
+from ste_ray.engine import EngineConfig, model_endpoint
+from ste_ray.evaluate import METRICS_HEADERS, EvalSettings, metrics_table_rows, run_benchmark
 from ste_ray.model import resolve_model
 from ste_ray.report import format_table
+from ste_ray.runtime import RayConfig, ray_cluster
 
 
 @dataclasses.dataclass
@@ -54,7 +56,6 @@ def summary(results) -> dict:
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     cfg = job_config(BenchEvaluateConfig)
-    init_ray(cfg.ray)
     model_dir = resolve_model(cfg.engine.model, cfg.engine.cache_dir or None)
     tokenizer = model_dir if Path(model_dir).is_dir() else None
     comparison = dataclasses.replace(cfg.eval, settings=["all"], limit=1, max_in_flight=cfg.cache_in_flight,
@@ -63,17 +64,17 @@ def main() -> None:
                "config": to_dict(cfg), "judge": "none (string match for every API)"}
     out = Path(cfg.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with explorer_endpoint(cfg.engine, cfg.ray) as endpoint:
+    with ray_cluster(cfg.ray), model_endpoint(cfg.engine) as endpoint:
         print(f"settings {', '.join(cfg.eval.settings)} on {cfg.eval.limit or 'all'} queries per API ...", flush=True)
         runs = asyncio.run(run_benchmark(endpoint, cfg.eval, cfg.engine.max_model_len, tokenizer, "none"))
         results["settings"] = summary(runs)
         out.write_text(json.dumps(results, indent=2))
         print("prefix caching on: 'all' on the comparison queries ...", flush=True)
         cached = asyncio.run(run_benchmark(endpoint, comparison, cfg.engine.max_model_len, tokenizer, "none"))[0]
-    no_cache = dataclasses.replace(cfg.engine, enable_prefix_caching=False)
-    with explorer_endpoint(no_cache, cfg.ray) as endpoint:
-        print("prefix caching off: 'all' on the comparison queries ...", flush=True)
-        uncached = asyncio.run(run_benchmark(endpoint, comparison, cfg.engine.max_model_len, tokenizer, "none"))[0]
+        no_cache = dataclasses.replace(cfg.engine, enable_prefix_caching=False)
+        with model_endpoint(no_cache) as endpoint:
+            print("prefix caching off: 'all' on the comparison queries ...", flush=True)
+            uncached = asyncio.run(run_benchmark(endpoint, comparison, cfg.engine.max_model_len, tokenizer, "none"))[0]
     results["prefix_caching"] = {
         "queries": cached.scored.metrics["n"], "in_flight": cfg.cache_in_flight,
         "on": summary([cached])["all"], "off": summary([uncached])["all"],

@@ -5,7 +5,7 @@ Reports the share of well-formed trials (no turn failed to parse) and turns, the
 calls that executed without error, self-judged success and trials per minute; the goals are
 ≥ 95 % well-formed trials constrained, at ≥ 0.8 × the unconstrained trials per minute.
 
-    python jobs/bench_constrained.py
+    python benchmarks/bench_constrained.py
 """
 
 import asyncio
@@ -19,11 +19,13 @@ from pathlib import Path
 import psutil
 
 from ste_ray.config import job_config, option, to_dict
-from ste_ray.engine import EngineConfig, RayConfig, explorer_endpoint, init_ray
-from ste_ray.explore import ExploreSettings, run_exploration, select_tools
+from ste_ray.engine import EngineConfig, model_endpoint
+from ste_ray.explore import ExploreSettings, run_exploration
 from ste_ray.report import format_table
-from ste_ray.schema import TRIAL, read_dir
+from ste_ray.runtime import RayConfig, ray_cluster
+from ste_ray.schema import Trial, read_dir
 from ste_ray.tools.calls import ToolCallConfig
+from ste_ray.tools.sources import select_tools
 
 
 @dataclasses.dataclass
@@ -66,7 +68,7 @@ async def run(endpoint, cfg: BenchConstrainedConfig) -> dict:
         with tempfile.TemporaryDirectory() as out:
             result = await run_exploration(endpoint, specs, settings, ToolCallConfig(scope=f"bench-{name}"), Path(out),
                                            f"bench-{name}")
-            trials = read_dir(Path(out) / "trials", TRIAL).to_pylist()
+            trials = read_dir(Path(out) / "trials", Trial).to_pylist()
         variants[name] = trial_stats(trials, result.elapsed_s) | {"output_tokens": result.completion_tokens,
                                                                    "failures": len(result.failures)}
     ratio = variants["constrained"]["trials_per_min"] / variants["unconstrained"]["trials_per_min"]
@@ -76,8 +78,7 @@ async def run(endpoint, cfg: BenchConstrainedConfig) -> dict:
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     cfg = job_config(BenchConstrainedConfig)
-    init_ray(cfg.ray)
-    with explorer_endpoint(cfg.engine, cfg.ray) as endpoint:
+    with ray_cluster(cfg.ray), model_endpoint(cfg.engine) as endpoint:
         results = asyncio.run(run(endpoint, cfg))
     results = {"benchmark": "constrained", "machine": {"cpus": psutil.cpu_count(), "platform": platform.platform()},
                "config": to_dict(cfg)} | results

@@ -6,7 +6,7 @@
 2. per-call overhead: the same HTTP tool called sequentially straight over aiohttp and through the
    tool-call actor (p50, p99), both against the built-in tool server on loopback.
 
-    python jobs/bench_tools.py
+    python benchmarks/bench_tools.py
 """
 
 import asyncio
@@ -22,7 +22,7 @@ import aiohttp
 import psutil
 
 from ste_ray.config import fail, job_config, option, to_dict
-from ste_ray.engine import RayConfig, init_ray
+from ste_ray.runtime import RayConfig, init_ray
 from ste_ray.report import format_table
 from ste_ray.tools.builtin import builtin_by_name, builtin_tools
 from ste_ray.tools.calls import ToolBox, ToolCallConfig, ToolLimits

@@ -11,7 +11,7 @@ import statistics
 import time
 import uuid
 
-from ste_ray.engine import Endpoint
+from ste_ray.client import Endpoint
 
 TOPICS = [
     "a lighthouse keeper", "a lost umbrella", "the first snow", "a robot gardener", "an old map",

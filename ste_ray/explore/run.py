@@ -1,0 +1,138 @@
+"""The exploration driver: episodes for every API, scheduled onto exploration actors, each finished
+episode written to Parquet at once (its trials first, then its episode row, each file atomic), so
+that a killed run loses only its episodes in flight and ``resume`` continues it, rebuilding the
+long-term memory from what was written."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from tqdm import tqdm
+
+from ste_ray.client import Endpoint
+from ste_ray.constrained import supports_structured_outputs
+from ste_ray.explore.actor import ExplorerActor
+from ste_ray.explore.episode import MemoryEntry, episode_id
+from ste_ray.explore.scheduler import Scheduler
+from ste_ray.explore.settings import ExploreSettings
+from ste_ray.runs import OutputError
+from ste_ray.runtime import terminal
+from ste_ray.schema import Episode, Trial, read_dir, write_records
+from ste_ray.tools.calls import ACTOR_NAMESPACE, ToolCallConfig
+from ste_ray.tools.spec import ToolSpec
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_HEADERS = ["api", "episodes", "trials", "calls", "parse errors", "tool errors", "self-judged success"]
+
+
+@dataclasses.dataclass
+class ExplorationResult:
+    output: Path
+    episodes_done: int  # finished in this run
+    episodes_before: int  # already finished by an earlier run (resume)
+    failures: list[dict[str, str]]
+    elapsed_s: float
+    completion_tokens: int
+    per_api: list[list[Any]]  # rows of the closing table
+
+
+def check_output(output: Path, resume: bool) -> None:
+    """Refuse to mix runs before any work starts."""
+    existing = list((output / "episodes").glob("*.parquet")) if output.exists() else []
+    if existing and not resume:
+        raise OutputError(f"output: {output} already holds {len(existing)} episodes; "
+                          "pass --resume to continue that run, or choose another --output")
+
+
+def load_progress(output: Path) -> tuple[set[str], dict[str, list[MemoryEntry]]]:
+    """Episodes already finished, and the long-term memory they built (rebuilt on resume)."""
+    finished = set(read_dir(output / "episodes", Episode).column("episode_id").to_pylist())
+    memory: dict[str, list[MemoryEntry]] = {}
+    trials = read_dir(output / "trials", Trial).select(["api", "episode_id", "episode_index", "slot", "query", "success"])
+    for row in sorted(trials.to_pylist(), key=lambda r: (r["episode_index"], r["slot"])):
+        if row["episode_id"] in finished:  # a trial file without its episode file is from a killed run
+            memory.setdefault(row["api"], []).append((row["query"], row["success"]))
+    return finished, memory
+
+
+def summarize(output: Path) -> list[list[Any]]:
+    """The closing table: per API, what the finished episodes did."""
+    finished = set(read_dir(output / "episodes", Episode).column("episode_id").to_pylist())
+    rows: dict[str, dict[str, Any]] = {}
+    for t in read_dir(output / "trials", Trial).to_pylist():
+        if t["episode_id"] not in finished:
+            continue
+        r = rows.setdefault(t["api"], {"episodes": set(), "trials": 0, "calls": 0, "parse": 0, "tool": 0, "yes": 0, "judged": 0})
+        r["episodes"].add(t["episode_id"])
+        r["trials"] += 1
+        r["calls"] += t["num_calls"]
+        r["parse"] += t["num_parse_errors"]
+        r["tool"] += t["num_tool_errors"]
+        if t["success"] is not None:
+            r["judged"] += 1
+            r["yes"] += int(t["success"])
+    return [[api, len(r["episodes"]), r["trials"], r["calls"], r["parse"], r["tool"],
+             f"{r['yes']}/{r['judged']}" if r["judged"] else "-"] for api, r in rows.items()]
+
+
+async def run_exploration(endpoint: Endpoint, specs: list[ToolSpec], settings: ExploreSettings,
+                          tool_cfg: ToolCallConfig, output: Path, run_id: str, progress: bool = True) -> ExplorationResult:
+    """Explore every API of ``specs``: ``settings.num_episodes`` episodes each, minus those an
+    earlier run already finished in ``output``. Writes each episode as soon as it finishes."""
+    started = time.perf_counter()
+    if settings.constrained:
+        async with endpoint.client(max_retries=2) as probe:
+            if not await supports_structured_outputs(probe):
+                logger.warning("%s does not honour vLLM structured outputs: exploring unconstrained", endpoint.base_url)
+                settings = dataclasses.replace(settings, constrained=False)
+    finished, memory = load_progress(output)
+    pending = {s.name: [i for i in range(settings.num_episodes) if episode_id(s.name, i) not in finished] for s in specs}
+    total = settings.num_episodes * len(specs)
+    before = total - sum(map(len, pending.values()))
+    actor_cls = ray.remote(ExplorerActor)
+    actors = [actor_cls.options(name=f"ste-explorer:{run_id}:{i}", namespace=ACTOR_NAMESPACE, num_cpus=0,
+                                max_restarts=-1, max_task_retries=2, max_concurrency=1000)
+              .remote(endpoint, specs, tool_cfg, settings, 256)
+              for i in range(settings.num_actors)]
+    bar = tqdm(total=total, initial=before, desc="episodes", unit="ep", disable=not progress, file=terminal())
+    failures: list[dict[str, str]] = []
+    done = tokens = calls = judged = successes = 0
+    try:
+        scheduler = Scheduler(actors, run_id, pending, memory, settings)
+        async for finished_episode in scheduler.run():
+            task, result = finished_episode.task, finished_episode.result
+            if result is None:
+                error = finished_episode.error
+                reason = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+                failures.append({"episode_id": task.episode_id, "api": task.api, "reason": reason})
+                with (output / "failures.jsonl").open("a") as f:
+                    f.write(json.dumps(failures[-1], ensure_ascii=False) + "\n")
+            else:
+                # Trials first, the episode row last: an episode file marks a finished episode.
+                write_records(output / "trials" / f"{task.episode_id}.parquet", result.trials, Trial)
+                write_records(output / "episodes" / f"{task.episode_id}.parquet", [result.episode], Episode)
+                scheduler.remember(task.api, [(t.query, t.success) for t in result.trials])
+                calls += sum(t.num_calls for t in result.trials)
+                judged += sum(t.success is not None for t in result.trials)
+                successes += sum(bool(t.success) for t in result.trials)
+                tokens += result.episode.completion_tokens
+                done += 1
+            elapsed = time.perf_counter() - started
+            bar.update(1)
+            bar.set_postfix_str(f"{tokens / elapsed:.0f} tok/s, {calls / elapsed:.2f} calls/s, "
+                                f"success {successes}/{judged}, failed {len(failures)}")
+    finally:
+        bar.close()
+        # Close the actors' HTTP sessions before killing them (else aiohttp warns of unclosed sessions).
+        await asyncio.wait([asyncio.ensure_future(actor.close.remote()) for actor in actors], timeout=10)
+        for actor in actors:
+            ray.kill(actor)
+    return ExplorationResult(output, done, before, failures, time.perf_counter() - started, tokens, summarize(output))
