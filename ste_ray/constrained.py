@@ -7,8 +7,8 @@ The arguments' grammar is the engine's own: xgrammar, vLLM's structured-output b
 tool's JSON schema into a grammar (compact separators, no extra properties); the ReAct wrapper
 around it (``Thought: ...``, ``Action: <name>``, ``Action Input: ``) is joined to it with
 xgrammar's grammar algebra, and the whole is sent as vLLM's ``structured_outputs: {"grammar": ...}``.
-One change is made to the JSON rules: strings, numbers and lists are bounded (64 characters, 15
-digits, 8 items), so that a whole call fits a turn's token budget; a turn cut off by ``max_tokens``
+One change is made to the JSON rules: strings, numbers and lists are bounded (48 characters, 15
+digits, 4 items), so that a whole call fits a turn's token budget; a turn cut off by ``max_tokens``
 would not parse, and a small model at temperature 1 does sometimes ramble inside a string.
 
 An endpoint that refuses or ignores the field (a hosted API) is detected once at start
@@ -27,7 +27,7 @@ from ste_ray.client import LLMClient, LLMError
 THOUGHT = r"Thought: [^\n]{1,100}\n"
 FINAL = r"Final Answer: [^\n]{1,240}"
 REFLECTION_REGEX = "(Yes|No)"
-STRING_CHARS, INTEGER_DIGITS, REPEATS = 64, 15, 8
+STRING_CHARS, INTEGER_DIGITS, FRACTION_DIGITS, MAX_ITEMS = 48, 15, 8, 4
 
 
 def literal(text: str) -> str:
@@ -47,7 +47,9 @@ def _bounded(ebnf: str) -> str:
     ebnf = re.sub(r'^(basic_string_sub\w*) ::= \(\("\\""\) \| .*?"\\\\" (basic_escape\w*) \1\)\).*$',
                   string_rule, ebnf, flags=re.M)
     ebnf = ebnf.replace("[0-9]*", f"[0-9]{{0, {INTEGER_DIGITS - 1}}}")
-    return re.sub(r"\{(\d+), -1\}", lambda m: f"{{{m.group(1)}, {max(int(m.group(1)), REPEATS)}}}", ebnf)
+    ebnf = re.sub(r"(basic_number_digits\w*)\{1, -1\}", rf"\1{{1, {FRACTION_DIGITS}}}", ebnf)  # fraction, exponent
+    # The other open repetitions: the items after an array's first, an object's further properties.
+    return re.sub(r"\{(\d+), -1\}", lambda m: f"{{{m.group(1)}, {max(int(m.group(1)), MAX_ITEMS - 1)}}}", ebnf)
 
 
 def _arguments(parameters: dict[str, Any]):
@@ -64,12 +66,13 @@ def _call(name: str, parameters: dict[str, Any]):
 
 
 @functools.lru_cache(maxsize=4096)
-def _turn_grammar(tools_json: str, thought: bool) -> str:
+def _turn_grammar(tools_json: str, thought: bool, allow_final: bool) -> str:
     import xgrammar
 
-    tools = json.loads(tools_json)
-    final = xgrammar.Grammar.from_regex(FINAL)
-    grammar = xgrammar.Grammar.union(*(_call(name, parameters) for name, parameters in tools), final)
+    options = [_call(name, parameters) for name, parameters in json.loads(tools_json)]
+    if allow_final:
+        options.append(xgrammar.Grammar.from_regex(FINAL))
+    grammar = xgrammar.Grammar.union(*options) if len(options) > 1 else options[0]
     if thought:
         grammar = xgrammar.Grammar.concat(xgrammar.Grammar.from_regex(THOUGHT), grammar)
     ebnf = _bounded(str(grammar))
@@ -77,10 +80,10 @@ def _turn_grammar(tools_json: str, thought: bool) -> str:
     return ebnf
 
 
-def turn_grammar(tools: list[tuple[str, dict[str, Any]]], thought: bool = True) -> str:
+def turn_grammar(tools: list[tuple[str, dict[str, Any]]], thought: bool = True, allow_final: bool = True) -> str:
     """The grammar of one turn: (a ``Thought`` line, then) one call of one of ``tools`` (name, JSON
-    schema of the arguments) with valid arguments, or a ``Final Answer``."""
-    return _turn_grammar(json.dumps(tools), thought)
+    schema of the arguments) with valid arguments, or (with ``allow_final``) a ``Final Answer``."""
+    return _turn_grammar(json.dumps(tools), thought, allow_final)
 
 
 def grammar_request(grammar: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -154,11 +155,23 @@ def build_llm_config(cfg: EngineConfig):
 
 
 def _autoscaler_running() -> bool:
-    """Whether an autoscaler watches the cluster (it may add the nodes the engine needs)."""
+    """Whether an autoscaler watches the cluster and may add the nodes the engine needs. Every head
+    runs Ray's monitor; without an autoscaling config it reports each node as its own read-only
+    node type, which can never be launched."""
     from ray._private import ray_constants
+    from ray.autoscaler._private.util import format_readonly_node_type
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
     from ray.experimental.internal_kv import _internal_kv_get
 
-    return bool(_internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS))
+    if is_autoscaler_v2(fetch_from_server=True):
+        return True
+    deadline = time.monotonic() + 15
+    while not (status := _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)):
+        if time.monotonic() > deadline:  # no monitor report at all: nothing will add nodes
+            return False
+        time.sleep(1.0)  # a new cluster's monitor reports within seconds; there is no event to await
+    node_types = (json.loads(status).get("autoscaler_report") or {}).get("node_type_mapping") or {}
+    return any(node_type != format_readonly_node_type(node_id) for node_id, node_type in node_types.items())
 
 
 def check_placement(cfg: EngineConfig) -> None:

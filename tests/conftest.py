@@ -85,13 +85,14 @@ def ray_session(tmp_path_factory):
     # whenever ~/.ray/auth_token exists (a README cluster test creates one).
     head = start_head(temp_dir, tmp_path_factory.mktemp("ray") / "ray-start.log", "--num-cpus", "8",
                       "--include-dashboard", "false", env={"RAY_AUTH_MODE": "disabled"})
-    address = Path(temp_dir, "ray_current_cluster").read_text().strip()
-    ray.init(address=address, logging_level="WARNING")
-    yield temp_dir
-    serve.shutdown()
-    ray.shutdown()
-    stop_head(head)
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    try:
+        ray.init(address=Path(temp_dir, "ray_current_cluster").read_text().strip(), logging_level="WARNING")
+        yield temp_dir
+        serve.shutdown()
+        ray.shutdown()
+    finally:
+        stop_head(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

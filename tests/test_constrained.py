@@ -96,3 +96,49 @@ async def test_constrained_turns_always_parse_and_validate(engine):
         assert all(parse_reflection(t) is not None and t in ("Yes", "No") for t in reflection.texts)
     # The model is told to call the API first: most samples are calls, not final answers.
     assert calls >= len(specs) * SAMPLES_PER_TOOL // 2
+
+
+# Schemas beyond flat arguments: arrays of objects, nested objects, optional fields, and strings that
+# must be escaped (an enum whose values hold a quote and a backslash, so every sample carries one).
+RICH = {
+    "place_order": ({"type": "object", "properties": {
+        "items": {"type": "array", "items": {"type": "object", "properties": {
+            "sku": {"type": "string"}, "quantity": {"type": "integer", "minimum": 1, "maximum": 99}},
+            "required": ["sku", "quantity"]}},
+        "ship_to": {"type": "object", "properties": {"city": {"type": "string"}, "zip": {"type": "string"}},
+                    "required": ["city"]},
+        "gift_note": {"type": "string"}}, "required": ["items", "ship_to"]},
+        "Order two boxes of tea (SKU T-100) and one mug (SKU M-7), delivered to Lyon."),
+    "quote_text": ({"type": "object", "properties": {
+        "style": {"enum": ['say "hi"', "back\\slash"]}, "text": {"type": "string"}}, "required": ["style", "text"]},
+        'Write the phrase "good morning" in the style that says "hi".'),
+}
+
+
+@pytest.mark.engine
+async def test_constrained_turns_honour_nested_schemas_and_escaped_strings(engine):
+    """Every sample that ends before the token limit is one call whose arguments satisfy the schema.
+    (A schema this large can outgrow a turn's token budget when a small model at temperature 1
+    fills every string: such a sample is cut, reported by finish_reason "length", never invalid.)"""
+    from ste_ray.tools.spec import ToolSpec
+
+    complete = {name: 0 for name in RICH}
+    async with engine.client(max_concurrency=8) as llm:
+        for name, (schema, request) in RICH.items():
+            spec = ToolSpec(name=name, description=f"The {name} API.", parameters=schema)
+            messages = [{"role": "user", "content": trial_prompt(name, request)}]
+            grammar = turn_grammar([(name, schema)], allow_final=False)  # a call, never a final answer
+            result = await llm.chat(messages, temperature=1.0, max_tokens=256, n=SAMPLES_PER_TOOL, stop=["Observation:"],
+                                    extra_body=grammar_request(grammar))
+            for text, finish in zip(result.texts, result.finish_reasons):
+                if finish == "length":
+                    continue
+                turn = parse_turn(text, [name])
+                assert turn.error is None and turn.action == name, text
+                jsonschema.validate(turn.arguments, schema)
+                assert spec.argument_error(turn.arguments) is None
+                if name == "quote_text":
+                    assert turn.arguments["style"] in ('say "hi"', "back\\slash")  # escaped, and read back
+                complete[name] += 1
+    # quote_text's longest call (100-character thought, 48-character text) fits 256 tokens: all complete.
+    assert complete["quote_text"] == SAMPLES_PER_TOOL and complete["place_order"] >= 1

@@ -95,3 +95,13 @@ def test_external_mode_reads_the_key_from_the_environment(engine: Endpoint, monk
     with model_endpoint(external) as endpoint:
         assert endpoint.api_key == "sk-secret"
         assert "sk-secret" not in repr(endpoint)
+
+
+def test_an_engine_the_cluster_cannot_hold_is_refused_with_what_is_missing(ray_session):
+    from ste_ray.engine import EngineUnplaceable, check_placement
+
+    check_placement(EngineConfig())  # the session's cluster (8 CPU slots) holds the default engine
+    with pytest.raises(EngineUnplaceable, match=r"it needs 66 CPU .* the cluster has 8 CPU; .*--num-cpus 68"):
+        check_placement(EngineConfig(cpus_per_replica=64))
+    with pytest.raises(EngineUnplaceable, match="add GPU nodes, or use --engine.gpus_per_replica 0"):
+        check_placement(EngineConfig(gpus_per_replica=1))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -36,6 +40,11 @@ def test_explore_job_attached_to_the_engine(engine, engine_config, tmp_path):
     assert len(pq.read_table(tmp_path / "trials")) == 1
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["status"] == "finished" and manifest["apis"] == ["add_date"] and manifest["packages"]["ray"]
+    # A quiet console: the job's own lines on stdout, the progress bar on stderr, Ray's logs in the file.
+    log_path = Path(result.stdout.splitlines()[0].removeprefix("logs: "))
+    assert log_path.parent == tmp_path / "logs" and log_path.is_file()
+    assert len(result.stdout.strip().splitlines()) < 15
+    assert not [line for line in result.stderr.splitlines() if "episodes" not in line and line.strip()], result.stderr
 
     again = run_job(*args)  # the same output without --resume: refused before any work
     assert again.returncode != 0 and "pass --resume" in again.stderr
@@ -52,11 +61,22 @@ def test_bad_input_fails_before_any_work():
     assert unknown.returncode != 0 and "apis: 'no_such_api' not among the selected tools" in unknown.stderr
 
 
-def test_unreachable_endpoint_is_a_clear_error(tmp_path):
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    return lines[0]
+
+
+def test_unreachable_endpoint_is_a_one_line_error(tmp_path):
     result = run_job("jobs/explore.py", "--engine.mode", "attach", "--engine.port", "9", "--output", str(tmp_path),
                      timeout=120)
-    assert result.returncode != 0
-    assert "failed after 3 attempts" in result.stderr
+    assert "failed after 3 attempts" in one_line_error(result)
+
+
+def test_unwritable_output_is_a_one_line_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    result = run_job("jobs/explore.py", "--output", str(tmp_path / "file" / "out"), timeout=60)
+    assert f"output: cannot write to {tmp_path}/file/out" in one_line_error(result)
 
 
 def test_help_lists_every_flag():
@@ -101,82 +121,70 @@ def test_readme_documents_every_flag(job, config):
         assert f"`{flag}`" in readme, f"{flag} is not documented in the README"
 
 
+def readme_block(marker: str) -> str:
+    """The shell block that follows ``<!-- marker -->`` in the README."""
+    text = (ROOT / "README.md").read_text()
+    after = text.split(f"<!-- {marker} -->", 1)[1]
+    return after.split("```bash\n", 1)[1].split("```", 1)[0]
+
+
 @pytest.fixture
-def head_node(tmp_path):
-    """A second Ray cluster on this host started the way the README starts one, `ray start --head`,
-    with its own temp dir and ports (the test session's Ray instance holds the defaults). Yields its
-    dashboard URL; afterwards every process it started is killed (not `ray stop`, which would stop
-    the session's cluster too)."""
-    import signal
-    import tempfile
-    import time
+def readme_cluster(tmp_path):
+    """The README's local cluster, started by the README's own commands up to its `ray submit`, with
+    RAY_TMPDIR set so that its processes can be told apart: the teardown kills them (the README's
+    `ray stop` would stop every Ray cluster on the host, the test session's too)."""
+    import psutil
 
-    from tests.conftest import free_port
+    lines = [ln for ln in readme_block("cluster-commands").splitlines() if ln.strip()]
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("ray start"))
+    shell_setup = lines[:start]  # the venv and the token, which every later command needs too
+    submit = next(ln for ln in lines if ln.startswith("ray job submit"))
+    assert lines[-1].startswith("ray stop")
+    temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths live under it
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "VIRTUAL_ENV")} | {"RAY_TMPDIR": str(temp)}
 
-    temp_dir = tempfile.mkdtemp(prefix="ray-j", dir="/tmp")  # short: Unix socket paths under it
-    dashboard_port = free_port()
-    ports = {"--port": free_port(), "--dashboard-port": dashboard_port, "--ray-client-server-port": free_port(),
-             "--dashboard-agent-listen-port": free_port(), "--runtime-env-agent-port": free_port(),
-             "--metrics-export-port": free_port()}
-    with (tmp_path / "ray-start.log").open("w") as log:
-        head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-                                 "--num-cpus", "4", "--temp-dir", temp_dir, "--disable-usage-stats",
-                                 *(str(a) for kv in ports.items() for a in kv)],
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    def shell(*commands: str, timeout: float) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", "set -e\n" + "\n".join(commands)], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    started = shell(*shell_setup, lines[start], timeout=180)
     try:
-        deadline = time.monotonic() + 60
-        while not Path(temp_dir, "ray_current_cluster").exists():
-            assert head.poll() is None, (tmp_path / "ray-start.log").read_text()
-            assert time.monotonic() < deadline, "ray start --head did not come up"
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{dashboard_port}"
+        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+        yield shell, shell_setup, submit
     finally:
-        # The cluster's processes share the `ray start` process group.
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
+        doomed = [p for p in psutil.process_iter(["cmdline"]) if str(temp) in " ".join(p.info["cmdline"] or [])]
+        doomed += [c for p in doomed for c in p.children(recursive=True)]
+        for p in doomed:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(doomed, timeout=30)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.mark.engine
-def test_explore_under_ray_job_submit(engine, engine_config, head_node, tmp_path):
-    """The README's cluster path: the job submitted through Ray's Jobs API to a `ray start --head`
-    cluster, the repository as working dir, joining with --ray.address auto. The job supervisor finds
-    its cluster through the `ray_current_cluster` file that `ray start` writes into its temp dir."""
-    import time
+def test_readme_cluster_commands_run_the_job(readme_cluster):
+    """`ray start` / `ray job submit` exactly as the README writes them: the venv's `python` on a
+    cluster with enough CPU slots; the exploration finishes and its output is where the README says."""
+    shell, setup, submit = readme_cluster
+    output = ROOT / "outputs" / "explore-cluster"  # the README's --output
+    assert str(output.relative_to(ROOT)) in submit
+    shutil.rmtree(output, ignore_errors=True)
+    result = shell(*setup, submit, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "failed for good: 0" in result.stdout and f"wrote {output}/trials/" in result.stdout, result.stdout[-3000:]
+    assert json.loads((output / "manifest.json").read_text())["status"] == "finished"
+    shutil.rmtree(output, ignore_errors=True)
 
-    from ray.job_submission import JobStatus, JobSubmissionClient
 
-    token = Path.home() / ".ray" / "auth_token"
-    headers = {"Authorization": f"Bearer {token.read_text().strip()}"} if token.exists() else None
-    output = tmp_path / "out"
-    submit = lambda client: client.submit_job(
-        entrypoint=f"{sys.executable} jobs/explore.py --ray.address auto --engine.mode attach "
-                   f"--engine.port {engine_config.port} --apis add_date --output {output} "
-                   "--explore.num_episodes 1 --explore.num_stm_slots 1 --explore.max_turn 1 "
-                   "--explore.num_actors 1 --explore.turn_max_tokens 160",
-        runtime_env={"working_dir": str(ROOT),
-                     "excludes": [".venv", ".git", "outputs", "results", "*.egg-info", "__pycache__"]},
-    )
-    deadline = time.monotonic() + 60
-    while True:  # the head's dashboard and job agent come up some seconds after the cluster
-        try:
-            client = JobSubmissionClient(head_node, headers=headers)
-            job = submit(client)
-            break
-        except (RuntimeError, ConnectionError) as e:
-            assert time.monotonic() < deadline, e
-            time.sleep(2)
-    deadline = time.monotonic() + 600
-    while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-        assert time.monotonic() < deadline, "the job did not finish"
-        time.sleep(1)
-    logs = client.get_job_logs(job)
-    assert status == JobStatus.SUCCEEDED, logs[-3000:]
-    assert f"wrote {output}/trials/" in logs
-    assert "1 episodes in" in logs and "failed for good: 0" in logs, logs[-3000:]
-    import pyarrow.parquet as pq
-
-    assert len(pq.read_table(output / "episodes")) == 1
+@pytest.mark.engine
+def test_an_engine_the_cluster_cannot_hold_fails_within_a_minute(readme_cluster):
+    shell, setup, submit = readme_cluster
+    command = "ray job submit --working-dir . -- python jobs/explore.py --engine.cpus_per_replica 64"
+    started = time.monotonic()
+    result = shell(*setup, command, timeout=300)
+    assert result.returncode != 0
+    job_log = result.stdout.split("Status message:")[0]  # on failure the CLI prints the job's log again after it
+    errors = [ln for ln in job_log.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "the engine can never be placed on this Ray cluster" in errors[0], result.stdout[-3000:]
+    assert "ray start --head --num-cpus" in errors[0]
+    assert time.monotonic() - started < 60

@@ -132,8 +132,8 @@ def test_turn_grammar_follows_the_full_schema(arguments, valid):
 def test_turn_grammar_bounds_lengths():
     g = grammar([("t", {"type": "object", "properties": {"s": {"type": "string"}, "n": {"type": "integer"}},
                         "required": ["s"]})], thought=False)
-    assert accepts(g, 'Action: t\nAction Input: {"s": "' + "x" * 64 + '"}')
-    assert not accepts(g, 'Action: t\nAction Input: {"s": "' + "x" * 65 + '"}')
+    assert accepts(g, 'Action: t\nAction Input: {"s": "' + "x" * 48 + '"}')
+    assert not accepts(g, 'Action: t\nAction Input: {"s": "' + "x" * 49 + '"}')
     assert not accepts(g, 'Action: t\nAction Input: {"s": "x", "n": 1234567890123456}')
 
 
@@ -141,3 +141,11 @@ def test_every_benchmark_api_has_a_grammar():
     benchmark = Benchmark.load()
     tools = [(a, ste_api_spec(a, benchmark.descriptions[a], a).parameters) for a in benchmark.apis]
     assert Grammar.from_ebnf(turn_grammar(tools, thought=False))
+
+
+def test_numbers_keep_their_precision_and_lists_are_bounded():
+    g = grammar([("t", {"type": "object", "properties": {"x": {"type": "number"}, "l": {"type": "array"}},
+                        "required": ["x"]})], thought=False)
+    assert accepts(g, 'Action: t\nAction Input: {"x": 48.85661234}')
+    assert accepts(g, 'Action: t\nAction Input: {"x": -2.5e-3, "l": [1, "a", true, null]}')
+    assert not accepts(g, 'Action: t\nAction Input: {"x": 1, "l": [1, 2, 3, 4, 5]}')
