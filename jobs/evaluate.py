@@ -16,8 +16,8 @@ from typing import ClassVar, Literal
 
 from ste_ray.benchmark import Benchmark, benchmark_dir
 from ste_ray.client import LLMError
-from ste_ray.config import Alias, fail, job_config, option, to_dict
-from ste_ray.engine import EngineConfig, EngineUnplaceable, model_endpoint
+from ste_ray.config import fail, job_config, option, to_dict
+from ste_ray.engine import EngineConfig, EngineUnplaceable, endpoint_aliases, model_endpoint
 from ste_ray.evaluate import (METRICS_HEADERS, EvalSettings, Setting, llm_judge, load_demo_pool, metrics_table_rows,
                               per_batch_rows, run_benchmark, score, select_queries)
 from ste_ray.evaluate.chart import bar_chart
@@ -53,12 +53,7 @@ class EvaluateConfig:
                          help="Output directory (predictions/, metrics.json, metrics.md, metrics.png, logs/)")
     verbose: bool = option(False, help="Show Ray's and vLLM's logs live instead of writing them to the log file")
 
-    aliases: ClassVar = (
-        Alias("model_url", "Shorthand for --engine.mode external --engine.url URL",
-              {"engine.mode": "external", "engine.url": "{}"}),
-        Alias("model", "Shorthand for --engine.model (the model the endpoint serves, with --model-url)",
-              {"engine.model": "{}"}),
-    )
+    aliases: ClassVar = endpoint_aliases("model_url")
 
     def validate(self) -> None:
         if self.judge_url and not self.judge_model:

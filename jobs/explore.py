@@ -9,17 +9,19 @@ against the explorer endpoint, written to Parquet as they finish.
 
 import asyncio
 import dataclasses
+import json
 import time
 import uuid
 from typing import ClassVar
 
 from ste_ray.client import LLMError
 from ste_ray.config import Alias, fail, job_config, option, to_dict
-from ste_ray.engine import EngineConfig, EngineUnplaceable, model_endpoint
+from ste_ray.engine import EngineConfig, EngineUnplaceable, endpoint_aliases, model_endpoint
 from ste_ray.explore import SUMMARY_HEADERS, ExploreSettings, check_output, run_exploration
 from ste_ray.model import ModelNotFoundError
 from ste_ray.report import format_table
-from ste_ray.runs import OutputError, now, package_versions, prepare_output, tool_specs_hash, update_manifest
+from ste_ray.runs import (OutputError, atomic_write_text, now, package_versions, prepare_output, tool_specs_hash,
+                          update_manifest)
 from ste_ray.runtime import RayConfig, job_console, ray_cluster, run_job
 from ste_ray.tools.calls import ToolCallConfig
 from ste_ray.tools.sources import select_tools
@@ -44,10 +46,7 @@ class ExploreConfig:
     verbose: bool = option(False, help="Show Ray's and vLLM's logs live instead of writing them to the log file")
 
     aliases: ClassVar = (
-        Alias("explorer_url", "Shorthand for --engine.mode external --engine.url URL",
-              {"engine.mode": "external", "engine.url": "{}"}),
-        Alias("model", "Shorthand for --engine.model (the model the endpoint serves, with --explorer-url)",
-              {"engine.model": "{}"}),
+        *endpoint_aliases("explorer_url"),
         *(Alias(flag, f"Shorthand for --explore.{flag}", {f"explore.{flag}": "true"}, boolean=True)
           for flag in ("no_exec", "no_stm", "no_ltm", "no_reflection", "visualize")),
     )
@@ -66,6 +65,7 @@ def main() -> None:
     run_id = uuid.uuid4().hex[:12]
     with job_console(output / "logs" / f"explore-{time.strftime('%Y%m%d-%H%M%S')}.log", cfg.verbose) as console:
         with ray_cluster(cfg.ray), model_endpoint(cfg.engine) as endpoint:
+            atomic_write_text(output / "tools.json", json.dumps([s.record() for s in specs], indent=1, ensure_ascii=False))
             update_manifest(output, {
                 "status": "running", "run_id": run_id, "started": now(), "config": to_dict(cfg),
                 "model": endpoint.model, "endpoint": endpoint.base_url, "apis": [s.name for s in specs],
@@ -85,7 +85,7 @@ def main() -> None:
         for failure in result.failures:
             console.print(f"  failed {failure['api']} {failure['episode_id']}: {failure['reason']}")
         console.print(f"wrote {output}/trials/ (one row per trial), {output}/episodes/ (conversations), "
-                      f"{output}/manifest.json")
+                      f"{output}/tools.json, {output}/manifest.json")
 
 
 if __name__ == "__main__":

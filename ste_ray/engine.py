@@ -25,7 +25,7 @@ import time
 from typing import Any, Iterator, Literal
 
 from ste_ray.client import Endpoint
-from ste_ray.config import ConfigError, fail, option
+from ste_ray.config import Alias, ConfigError, fail, option
 from ste_ray.model import EMBEDDED_MODEL, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,15 @@ class EngineConfig:
             fail("url", f"must start with http:// or https://, got {self.url!r}")
         if self.max_replicas and self.max_replicas < self.num_replicas:
             fail("max_replicas", f"must be 0 or at least num_replicas ({self.num_replicas})")
+
+
+def endpoint_aliases(url_flag: str, section: str = "engine") -> tuple[Alias, Alias]:
+    """The shorthand flags of a job's endpoint: ``--<url_flag> URL`` (an external endpoint) and
+    ``--model NAME`` (the model it serves)."""
+    return (Alias(url_flag, f"Shorthand for --{section}.mode external --{section}.url URL",
+                  {f"{section}.mode": "external", f"{section}.url": "{}"}),
+            Alias("model", f"Shorthand for --{section}.model (the model the endpoint serves, with "
+                           f"--{url_flag.replace('_', '-')})", {f"{section}.model": "{}"}))
 
 
 class EngineUnplaceable(RuntimeError):

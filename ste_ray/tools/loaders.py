@@ -27,7 +27,8 @@ from ste_ray.tools.spec import Executor, ToolSpec, ToolSpecError
 def load_openai_tools(path: str | Path, executor: Executor | None = None) -> list[ToolSpec]:
     """A list of ``{"type": "function", "function": {name, description, parameters}}`` (or a
     mapping with a ``tools`` list). Executors: the one given, or per tool an ``x-executor``
-    mapping beside ``function`` (``{kind: http, base_url: ..., path: ...}``)."""
+    mapping beside ``function`` (``{kind: http, base_url: ..., path: ...}``). ``x-category`` and
+    ``x-ste-description`` (the text the STE prompts show, see ``ToolSpec.record``) are kept."""
     path = Path(path)
     data = _read_structured(path)
     if isinstance(data, dict) and "tools" in data:
@@ -51,7 +52,8 @@ def load_openai_tools(path: str | Path, executor: Executor | None = None) -> lis
             except (TypeError, ToolSpecError) as e:
                 raise ToolSpecError(f"{where}: x-executor: {e}") from None
         specs.append(_make(where, name=fn["name"], description=fn.get("description", ""),
-                           parameters=params, executor=tool_executor, category=item.get("x-category", "general")))
+                           parameters=params, executor=tool_executor, category=item.get("x-category", "general"),
+                           source_text=item.get("x-ste-description", "")))
     return _unique(specs, str(path))
 
 

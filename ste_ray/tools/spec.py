@@ -117,6 +117,11 @@ class ToolSpec:
             "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
         }
 
+    def record(self) -> dict[str, Any]:
+        """The spec as a run records it (``tools.json``; ``load_openai_tools`` reads it back): OpenAI
+        tools JSON plus the category and the exact text the STE prompts showed."""
+        return self.openai() | {"x-category": self.category, "x-ste-description": self.ste_description()}
+
     def argument_error(self, arguments: Any) -> str | None:
         """Why these arguments do not fit the schema (for the explorer to read), or None."""
         if not isinstance(arguments, dict):
