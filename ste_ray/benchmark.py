@@ -1,6 +1,6 @@
 """The STE benchmark (from the STE repository, MIT licence, shipped with the package): 50 APIs
 with their descriptions, 15 test queries each with the ground-truth call, the APIs whose arguments
-are checked by string match, and the continual-learning batches. Evaluation runs on it; exploit
+are checked by string match, the continual-learning batches, and each API's neighbours. Evaluation runs on it; exploit
 keeps its test queries out of the training data."""
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ class Benchmark:
 
     def test_queries(self) -> list[str]:
         return [item["query"] for items in self.tests.values() for item in items]
+
+    def neighbours(self) -> dict[str, list[str]]:
+        """Per API, the benchmark's own list of similar APIs (api2neighbors.json; it includes the API)."""
+        return json.loads((benchmark_dir() / "api2neighbors.json").read_text(encoding="utf-8"))
 
 
 def continual_learning_batches() -> list[list[str]]:
