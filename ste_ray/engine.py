@@ -163,7 +163,7 @@ def build_llm_config(cfg: EngineConfig):
     )
 
 
-def _autoscaler_running() -> bool:
+def autoscaler_running() -> bool:
     """Whether an autoscaler watches the cluster and may add the nodes the engine needs. Every head
     runs Ray's monitor; without an autoscaling config it reports each node as its own read-only
     node type, which can never be launched."""
@@ -200,7 +200,7 @@ def check_placement(cfg: EngineConfig) -> None:
     for demand in demands:  # first fit: the biggest demands come first
         node = next((n for n in free if all(n.get(k, 0) >= v for k, v in demand.items())), None)
         if node is None:
-            if _autoscaler_running():
+            if autoscaler_running():
                 return
             total = {k: sum(n.get(k, 0) for n in nodes) for k in demand}
             need = {k: sum(d.get(k, 0) for d in demands) for k in demand}

@@ -1,0 +1,252 @@
+"""One Ray Train worker's fine-tuning, in the manner of torchtune's recipes: a class read top to
+bottom. ``setup`` builds the model (LoRA through PEFT, or full), the tokenizer (with toolkens when
+the data has them), the optimizer and the schedule, and restores the last checkpoint when Ray
+restarts the run; ``train`` is the loop (data-parallel through DDP or DeepSpeed), with a checkpoint
+every ``checkpoint_every`` steps and at each epoch end; the last checkpoint holds the trained weights,
+the tokenizer and the metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import torch
+import torch.distributed as dist
+
+from ste_ray.train.data import pad_batch
+
+STATE = "trainer_state.json"
+OPTIMIZER = "optimizer.pt"
+
+
+def peak_memory_gib() -> float:
+    """This process's peak resident memory (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+class FineTuneRecipe:
+    def __init__(self, cfg: dict[str, Any]):
+        self.cfg = cfg
+        context = ray.train.get_context()
+        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+        self.device = torch.device("cuda", ray.train.torch.get_device().index) if cfg["use_gpu"] else torch.device("cpu")
+        self.accumulation = cfg["effective_batch_size"] // (cfg["batch_size"] * self.world_size)
+        self.steps_per_epoch = cfg["steps_per_epoch"]
+        self.total_steps = cfg["total_steps"]
+        # Restored from a checkpoint when Ray restarts the run:
+        self.global_step = 0
+        self.history: list[dict[str, Any]] = []  # one entry per optimizer step (and per epoch's validation)
+
+    # -----------------------------------------------------------------------------------------
+    # Setup
+
+    def setup(self) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.manual_seed(self.cfg["seed"])
+        checkpoint = ray.train.get_checkpoint()
+        self.tokenizer = AutoTokenizer.from_pretrained(self.cfg["model_dir"])
+        if self.cfg["toolkens"]:
+            self.tokenizer.add_tokens(self.cfg["toolkens"], special_tokens=True)
+        model = AutoModelForCausalLM.from_pretrained(self.cfg["model_dir"], dtype=torch.float32)
+        if self.cfg["toolkens"]:
+            model.resize_token_embeddings(len(self.tokenizer))
+        with tempfile.TemporaryDirectory() as restored:
+            start = self.cfg["init_adapter"]
+            if checkpoint is not None:
+                checkpoint.to_directory(restored)
+                start = restored
+            model = self._with_method(model, start)
+            self.model = self._distribute(model)
+            if checkpoint is not None:
+                self._restore(Path(restored))
+
+    def _with_method(self, model, weights_dir: str | None):
+        """LoRA adapters (new, or the given ones: a checkpoint's or the previous round's) or, for
+        full fine-tuning, the given weights."""
+        if self.cfg["method"] == "full":
+            if weights_dir:
+                from safetensors.torch import load_file
+
+                model.load_state_dict(load_file(str(Path(weights_dir) / "model.safetensors")), strict=False)
+            return model
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if weights_dir:
+            return PeftModel.from_pretrained(model, weights_dir, is_trainable=True)
+        toolken_ids = self.tokenizer.convert_tokens_to_ids(self.cfg["toolkens"]) if self.cfg["toolkens"] else None
+        config = LoraConfig(r=self.cfg["lora_rank"], lora_alpha=self.cfg["lora_alpha"],
+                            lora_dropout=self.cfg["lora_dropout"], target_modules=self.cfg["lora_target_modules"],
+                            task_type="CAUSAL_LM",
+                            trainable_token_indices={"embed_tokens": toolken_ids} if toolken_ids else None)
+        return get_peft_model(model, config)
+
+    def _distribute(self, model):
+        """DDP (through Ray Train) or a DeepSpeed engine; the optimizer and schedule with it."""
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        warmup = math.ceil(self.cfg["warmup_ratio"] * self.total_steps)
+
+        def schedule(step: int) -> float:  # linear warmup, then linear decay to zero
+            if step < warmup:
+                return (step + 1) / warmup
+            return max(0.0, (self.total_steps - step) / max(1, self.total_steps - warmup))
+
+        if self.cfg["deepspeed"]:
+            import deepspeed
+
+            stage = {"zero2": 2, "zero3": 3}[self.cfg["deepspeed"]]
+            optimizer = torch.optim.AdamW(trainable, lr=self.cfg["learning_rate"], weight_decay=self.cfg["weight_decay"])
+            engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config={
+                "train_micro_batch_size_per_gpu": self.cfg["batch_size"],
+                "gradient_accumulation_steps": self.accumulation,
+                "zero_optimization": {"stage": stage},
+                "bf16": {"enabled": self.cfg["use_gpu"]},
+                "gradient_clipping": 1.0,
+            })
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+            self.engine = engine
+            return engine
+        self.engine = None
+        model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": False}) \
+            if self.world_size > 1 else model.to(self.device)
+        self.optimizer = torch.optim.AdamW(trainable, lr=self.cfg["learning_rate"], weight_decay=self.cfg["weight_decay"])
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        return model
+
+    def _restore(self, directory: Path) -> None:
+        state = json.loads((directory / STATE).read_text())
+        self.global_step, self.history = state["global_step"], state["history"]
+        if self.engine is None:
+            self.optimizer.load_state_dict(torch.load(directory / OPTIMIZER, map_location="cpu"))
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    # -----------------------------------------------------------------------------------------
+    # Training
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+            output = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                labels=batch["labels"])
+        return output.loss, int((batch["labels"][:, 1:] != -100).sum())
+
+    def _batches(self, split: str, epoch: int):
+        shard = ray.train.get_dataset_shard(split)
+        pad_id = self.tokenizer.pad_token_id
+        return shard.iter_torch_batches(batch_size=self.cfg["batch_size"], collate_fn=lambda b: pad_batch(b, pad_id),
+                                        local_shuffle_buffer_size=256 if split == "train" else None,
+                                        local_shuffle_seed=self.cfg["seed"] + epoch if split == "train" else None)
+
+    def train(self) -> None:
+        first_epoch = self.global_step // self.steps_per_epoch
+        for epoch in range(first_epoch, self.cfg["epochs"]):
+            if self.global_step >= self.total_steps:
+                break
+            skip = (self.global_step - epoch * self.steps_per_epoch) * self.accumulation  # resumed mid-epoch
+            micro, tokens, losses, started = 0, 0, [], time.perf_counter()
+            epoch_done = False
+            self.model.train()
+            for index, batch in enumerate(self._batches("train", epoch)):
+                # Steps per epoch are whole effective batches; the shard's rest is read, not trained on.
+                if index < skip or epoch_done:
+                    continue
+                boundary = (micro + 1) % self.accumulation == 0
+                if self.engine is not None:
+                    loss, _ = self._loss(batch)
+                    self.engine.backward(loss)
+                    self.engine.step()
+                else:
+                    # Gradients are averaged across workers once per optimizer step, not per micro-batch.
+                    with self.model.no_sync() if hasattr(self.model, "no_sync") and not boundary else nullcontext():
+                        loss, _ = self._loss(batch)
+                        (loss / self.accumulation).backward()
+                micro += 1
+                tokens += int(batch["attention_mask"].sum())
+                losses.append(float(loss.detach()))
+                if micro % self.accumulation:
+                    continue
+                if self.engine is None:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                self.global_step += 1
+                elapsed = time.perf_counter() - started
+                entry = {"step": self.global_step, "epoch": epoch, "loss": self._mean(losses),
+                         "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": self._sum(tokens) / elapsed,
+                         "peak_memory_gib": peak_memory_gib()}
+                self.history.append(entry)
+                losses, tokens, started = [], 0, time.perf_counter()
+                end_of_epoch = self.global_step % self.steps_per_epoch == 0 or self.global_step == self.total_steps
+                if end_of_epoch:
+                    entry["validation_loss"] = self.validation_loss(epoch)
+                self.report(entry, checkpoint=end_of_epoch or self.global_step % self.cfg["checkpoint_every"] == 0)
+                epoch_done = end_of_epoch
+
+    def validation_loss(self, epoch: int) -> float | None:
+        """The mean token loss over every worker's validation shard."""
+        self.model.eval()
+        total = torch.zeros(2, dtype=torch.float64)
+        with torch.no_grad():
+            for batch in self._batches("validation", epoch):
+                loss, n_tokens = self._loss(batch)
+                total += torch.tensor([float(loss) * n_tokens, n_tokens], dtype=torch.float64)
+        self.model.train()
+        if self.world_size > 1:
+            dist.all_reduce(total)
+        return float(total[0] / total[1]) if total[1] else None
+
+    def _mean(self, values: list[float]) -> float:
+        """The mean over every worker (each worker's micro-batch losses of the step)."""
+        total = torch.tensor([sum(values), len(values)], dtype=torch.float64)
+        if self.world_size > 1:
+            dist.all_reduce(total)
+        return float(total[0] / total[1])
+
+    def _sum(self, value: float) -> float:
+        total = torch.tensor([value], dtype=torch.float64)
+        if self.world_size > 1:
+            dist.all_reduce(total)
+        return float(total[0])
+
+    # -----------------------------------------------------------------------------------------
+    # Checkpoints
+
+    def report(self, metrics: dict[str, Any], checkpoint: bool) -> None:
+        """Report the step's metrics (every worker: it is a barrier); with ``checkpoint``, rank 0
+        also hands Ray the weights, optimizer and schedule state, and the metrics so far (DeepSpeed:
+        every rank its shard)."""
+        if not checkpoint:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as directory:
+            if self.engine is not None:
+                self.engine.save_checkpoint(directory, tag="deepspeed")
+            if self.rank == 0:
+                model = self.model.module if hasattr(self.model, "module") else self.model
+                model.save_pretrained(directory)
+                self.tokenizer.save_pretrained(directory)
+                if self.engine is None:
+                    torch.save(self.optimizer.state_dict(), Path(directory) / OPTIMIZER)
+                (Path(directory) / STATE).write_text(json.dumps({
+                    "global_step": self.global_step, "history": self.history, "scheduler": self.scheduler.state_dict(),
+                    "method": self.cfg["method"]}))
+            written = self.rank == 0 or self.engine is not None
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory) if written else None)
+
+
+def train_worker(cfg: dict[str, Any]) -> None:
+    """The function each Ray Train worker runs."""
+    if cfg["deepspeed"] and not cfg["use_gpu"]:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    recipe = FineTuneRecipe(cfg)
+    recipe.setup()
+    recipe.train()
