@@ -49,7 +49,8 @@ def main() -> None:
             result = run_training(Path(cfg.input).resolve(), output, cfg.train)
         history = result.history
         (output / "metrics.json").write_text(json.dumps({"history": history, "examples": result.examples,
-                                                         "dropped_too_long": result.dropped_too_long}, indent=1))
+                                                         "dropped_too_long": result.dropped_too_long,
+                                                         "resumed_at": result.resumed_at}, indent=1))
         loss_chart(history, output / "loss.png", f"{cfg.train.method} fine-tuning of {cfg.train.model}")
         update_manifest(output, {"status": "finished", "finished": now(), "steps": history[-1]["step"],
                                  "weights": [str(w) for w in result.weights]})
@@ -59,7 +60,8 @@ def main() -> None:
         console.print(format_table(["step", "epoch", "loss", "validation loss", "tokens/s", "peak GiB"], rows))
         console.print(f"\n{history[-1]['step']} steps on {result.examples} examples in {result.elapsed_s:.0f}s"
                       + (f"; {result.dropped_too_long} longer than --train.max_seq_len dropped"
-                         if result.dropped_too_long else ""))
+                         if result.dropped_too_long else "")
+                      + (f"; resumed from checkpoints at steps {result.resumed_at}" if result.resumed_at else ""))
         console.print(f"wrote {', '.join(str(w) for w in result.weights)}, {output}/metrics.json, {output}/loss.png")
 
 

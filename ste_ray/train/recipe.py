@@ -44,6 +44,7 @@ class FineTuneRecipe:
         # Restored from a checkpoint when Ray restarts the run:
         self.global_step = 0
         self.history: list[dict[str, Any]] = []  # one entry per optimizer step (and per epoch's validation)
+        self.resumed_at: list[int] = []  # the step of each restart from a checkpoint
 
     # -----------------------------------------------------------------------------------------
     # Setup
@@ -124,6 +125,7 @@ class FineTuneRecipe:
     def _restore(self, directory: Path) -> None:
         state = json.loads((directory / STATE).read_text())
         self.global_step, self.history = state["global_step"], state["history"]
+        self.resumed_at = state["resumed_at"] + [self.global_step]
         if self.engine is None:
             self.optimizer.load_state_dict(torch.load(directory / OPTIMIZER, map_location="cpu"))
         self.scheduler.load_state_dict(state["scheduler"])
@@ -238,7 +240,7 @@ class FineTuneRecipe:
                     torch.save(self.optimizer.state_dict(), Path(directory) / OPTIMIZER)
                 (Path(directory) / STATE).write_text(json.dumps({
                     "global_step": self.global_step, "history": self.history, "scheduler": self.scheduler.state_dict(),
-                    "method": self.cfg["method"]}))
+                    "resumed_at": self.resumed_at, "method": self.cfg["method"]}))
             written = self.rank == 0 or self.engine is not None
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory) if written else None)
 

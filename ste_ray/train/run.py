@@ -56,10 +56,10 @@ class TrainResult:
     output: Path
     weights: list[Path]  # the adapter (or model) directory of each round
     history: list[dict[str, Any]]  # the last round's steps
+    resumed_at: list[int]  # the last round's restarts from a checkpoint, by step
     dropped_too_long: int
     examples: int
     elapsed_s: float
-    already_done: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,8 +166,9 @@ class ProgressCallback(UserCallback):
 
 
 def run_round(r: Round, output: Path, settings: TrainSettings, model_dir: str, toolkens: list[str],
-              init_adapter: str | None, progress: bool) -> tuple[Path, list[dict[str, Any]], int, int]:
-    """One training run; returns its weights directory, its history and its example counts."""
+              init_adapter: str | None, progress: bool) -> tuple[Path, dict[str, Any], int, int]:
+    """One training run; returns its weights directory, its final trainer state (history, restarts)
+    and its example counts."""
     train, n_train, long_train = tokenized(r.data / "train", model_dir, settings.max_seq_len)
     validation, _, long_validation = tokenized(r.data / "validation", model_dir, settings.max_seq_len)
     steps_per_epoch = n_train // settings.effective_batch_size
@@ -211,7 +212,7 @@ def run_round(r: Round, output: Path, settings: TrainSettings, model_dir: str, t
             shutil.rmtree(weights)
         shutil.copytree(directory, weights, ignore=shutil.ignore_patterns(STATE, "optimizer.pt", "deepspeed", "latest",
                                                                           "zero_to_fp32.py"))
-    return weights, state["history"], n_train, long_train + long_validation
+    return weights, state, n_train, long_train + long_validation
 
 
 def merge_adapter(adapter: Path, model_dir: str, target: Path) -> None:
@@ -240,11 +241,11 @@ def run_training(sft: Path, output: Path, settings: TrainSettings, progress: boo
     toolkens_file = sft / "toolkens.json"
     toolkens = sorted(json.loads(toolkens_file.read_text()).values()) if toolkens_file.is_file() else []
     weights: list[Path] = []
-    history: list[dict[str, Any]] = []
+    state: dict[str, Any] = {}
     examples = dropped = 0
     previous: str | None = None
     for r in rounds:
-        done, history, n, too_long = run_round(r, output, settings, model_dir, toolkens, previous, progress)
+        done, state, n, too_long = run_round(r, output, settings, model_dir, toolkens, previous, progress)
         weights.append(done)
         examples += n
         dropped += too_long
@@ -253,7 +254,8 @@ def run_training(sft: Path, output: Path, settings: TrainSettings, progress: boo
             model_dir = str(done)  # the next round continues from these weights
     if settings.merge and settings.method == "lora":
         merge_adapter(weights[-1], resolve_model(settings.model), output / "merged")
-    return TrainResult(output, weights, history, dropped, examples, time.perf_counter() - started)
+    return TrainResult(output, weights, state["history"], state["resumed_at"], dropped, examples,
+                       time.perf_counter() - started)
 
 
 def loss_chart(history: list[dict[str, Any]], path: Path, title: str) -> None:

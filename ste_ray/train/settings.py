@@ -35,7 +35,8 @@ class TrainSettings:
     batch_size: int = option(4, help="Examples per worker per forward pass", ge=1)
     effective_batch_size: int = option(16, help="Examples per optimizer step across workers (paper: 16); the gradient "
                                                 "accumulation follows from it", ge=1)
-    max_seq_len: int = option(1024, help="Longer examples are dropped (and counted), never cut", ge=32)
+    max_seq_len: int = option(2048, help="Longer examples are dropped (and counted), never cut (tool-mode prompts "
+                                         "with five STE descriptions take about 1,300 tokens)", ge=32)
     max_steps: int = option(0, help="Stop after this many optimizer steps (0: run every epoch)", ge=0)
     checkpoint_every: int = option(20, help="Checkpoint every N optimizer steps, and at each epoch end", ge=1)
     num_workers: int = option(2, help="Ray Train workers (data-parallel)", ge=1)

