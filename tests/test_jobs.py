@@ -108,7 +108,8 @@ def test_cluster_files_are_consistent():
     assert launcher["available_node_types"]["gpu"]["min_workers"] == 0
 
 
-@pytest.mark.parametrize("job, config", [("explore", "ExploreConfig"), ("evaluate", "EvaluateConfig")])
+@pytest.mark.parametrize("job, config", [("explore", "ExploreConfig"), ("exploit", "ExploitConfig"),
+                                         ("train", "TrainConfig"), ("evaluate", "EvaluateConfig")])
 def test_readme_documents_every_flag(job, config):
     from ste_ray.config import flags_markdown
 
