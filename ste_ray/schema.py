@@ -61,6 +61,9 @@ class Trial:
     num_tool_errors: int
     executed: bool  # false under --no-exec
     constrained: bool
+    grounding_call: str | None  # grounded imagination: the call the query was written from (JSON arguments)
+    grounding_observation: str | None  # and its result
+    matches_grounding: bool | None  # the trial's last clean call is that call (same arguments or result)
     prompt_tokens: int
     completion_tokens: int
     latency_s: float

@@ -46,7 +46,8 @@ def trial(api: str, index: int, query: str, steps: list[Step], final_answer: str
                  steps=steps, final_answer=final_answer, reflection="Yes", success=True,
                  num_calls=sum(1 for s in steps if s.action and not s.parse_error), num_parse_errors=sum(
                      1 for s in steps if s.parse_error), num_tool_errors=sum(1 for s in steps if s.tool_error_kind),
-                 executed=executed, constrained=True, prompt_tokens=0, completion_tokens=0, latency_s=0.0)
+                 executed=executed, constrained=True, grounding_call=None, grounding_observation=None,
+                 matches_grounding=None, prompt_tokens=0, completion_tokens=0, latency_s=0.0)
 
 
 def faithful_trials() -> tuple[list[Trial], list]:

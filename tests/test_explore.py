@@ -157,3 +157,21 @@ async def test_ablations_change_what_the_explorer_sees(ray_session, engine, tmp_
         conversation = json.loads(e["conversation"])
         assert "already explored" not in conversation[0]["content"]  # no LTM, even for the second episode
         assert not any("Did you fulfill" in m["content"] for m in conversation)
+
+
+async def test_grounded_imagination_writes_the_request_from_an_executed_call(ray_session, engine, tmp_path):
+    settings = ExploreSettings(num_episodes=2, episodes_in_flight=2, imagination="grounded", **TINY)
+    result = await run_exploration(engine, [add_date()], settings, tool_cfg(), tmp_path, "r6", progress=False)
+    assert result.failures == []
+    trials = read_records(tmp_path / "trials", Trial)
+    grounded = [t for t in trials if t.grounding_call is not None]
+    assert grounded  # a grounding call that executes is found in two tries by the constrained explorer
+    for t in grounded:
+        arguments = json.loads(t.grounding_call)
+        assert add_date().argument_error(arguments) is None  # schema-valid, and it really ran:
+        assert json.loads(t.grounding_observation) == add_date().executor.function(**arguments)
+        assert isinstance(t.matches_grounding, bool) and t.query
+        first_call = next((s for s in t.steps if s.action), None)
+        assert first_call is not None  # call_first: the trial called before it could answer
+    for e in read_records(tmp_path / "episodes", Episode):  # the grounding requests are not in the conversation
+        assert "Each API call below was made" not in e.conversation and "Write one call of this API" not in e.conversation

@@ -2,7 +2,11 @@
 
   for each of ``num_stm_slots`` trials (short-term memory: all in the same conversation)
     imagination  the explorer writes a user request the API could serve (temperature 1.0); the
-                 first prompt lists the requests already explored for this API (long-term memory)
+                 first prompt lists the requests already explored for this API (long-term memory).
+                 Grounded (``--explore.imagination grounded``): the explorer first writes one valid
+                 call (constrained), the call is executed, and from the call and its result it
+                 writes the request they answer, outside the conversation: the trial does not see
+                 the call, and a trial whose call matches it carries a verified label
     trial        the explorer answers in the ReAct format; each Action is really executed through
                  the tool-call actors and its result comes back as the Observation; a turn that does
                  not parse gets a corrective Observation instead; up to ``max_turn`` calls
@@ -18,7 +22,7 @@ import re
 import time
 from typing import Any
 
-from ste_ray.client import LLMClient, LLMRequestError
+from ste_ray.client import ChatResult, LLMClient, LLMRequestError
 from ste_ray.constrained import REFLECTION_REGEX, grammar_request, regex_request, turn_grammar
 from ste_ray.explore.settings import ExploreSettings
 from ste_ray.react import STOP, parse_reflection, parse_turn, reflection_prompt, trial_prompt
@@ -33,16 +37,45 @@ MemoryEntry = tuple[str, bool | None]
 # Prompts (the method's steps, in our own words; the trial's format is ste_ray.react's)
 
 
-def imagination_prompt(spec: ToolSpec, memory: list[MemoryEntry], settings: ExploreSettings) -> str:
-    text = ("You are learning to use an API by trying it out. This is its documentation:\n\n"
-            f"{spec.ste_block()}\n\n")
+def api_introduction(spec: ToolSpec) -> str:
+    return f"You are learning to use an API by trying it out. This is its documentation:\n\n{spec.ste_block()}\n\n"
+
+
+def memory_lines(memory: list[MemoryEntry], settings: ExploreSettings) -> str:
     shown = memory[-settings.memory_entries:] if settings.memory_entries and not settings.no_ltm else []
-    if shown:
-        lines = "\n".join(f"- {q} (fulfilled: {'yes' if ok else 'no' if ok is False else 'unknown'})" for q, ok in shown)
-        text += ("Requests already explored for this API:\n" + lines +
-                 "\nDo not repeat them: cover uses of the API that they have not covered yet.\n\n")
-    return text + ("Write one realistic, specific request that a user could make and that this API "
-                   "would help with. Do not name the API. Write only the request, on one line.")
+    if not shown:
+        return ""
+    lines = "\n".join(f"- {q} (fulfilled: {'yes' if ok else 'no' if ok is False else 'unknown'})" for q, ok in shown)
+    return ("Requests already explored for this API:\n" + lines +
+            "\nDo not repeat them: cover uses of the API that they have not covered yet.\n\n")
+
+
+def imagination_prompt(spec: ToolSpec, memory: list[MemoryEntry], settings: ExploreSettings) -> str:
+    return (api_introduction(spec) + memory_lines(memory, settings) +
+            "Write one realistic, specific request that a user could make and that this API would help with, as "
+            "a person would write it in plain words (not code, not an HTTP request, not JSON). Do not name the "
+            "API. Write only the request, on one line.")
+
+
+def grounding_call_prompt(spec: ToolSpec, memory: list[MemoryEntry], settings: ExploreSettings) -> str:
+    return (api_introduction(spec) + memory_lines(memory, settings) +
+            "Write one call of this API with realistic, specific argument values that a user could need.")
+
+
+REQUEST_EXAMPLES = (
+    "Each API call below was made to answer a user's request. Write the request, as the user wrote it: one line "
+    "of plain words that states every value the call uses, without naming the API.\n\n"
+    'Call: convert_currency {"amount": 250, "from": "EUR", "to": "JPY"}\n'
+    'Result: {"amount": 40125.5, "currency": "JPY"}\n'
+    "Request: How many Japanese yen do I get for 250 euros?\n\n"
+    'Call: weather_forecast {"city": "Lisbon", "days": 3}\n'
+    'Result: {"forecast": ["sunny", "cloudy", "rain"]}\n'
+    "Request: What will the weather be like in Lisbon over the next 3 days?\n\n")
+
+
+def request_prompt(spec: ToolSpec, arguments: dict[str, Any], observation: str) -> str:
+    return (REQUEST_EXAMPLES + f"Call: {spec.name} {json.dumps(arguments, ensure_ascii=False)}\n"
+            f"Result: {observation[:600]}\nRequest:")
 
 
 NEXT_QUERY_PROMPT = ("Building on what you learned in the attempts above, write another realistic user request "
@@ -112,12 +145,16 @@ class Conversation:
             if e.status == 400 and re.search(r"context|maximum|too long|max_model_len|tokens", str(e), re.I):
                 raise ContextFull(str(e)) from None
             raise
+        self.count(result)
+        self.add("assistant", result.text)
+        return result.text
+
+    def count(self, result: ChatResult) -> None:
+        """Add a request's cost to the episode's (the conversation's own, and grounding's requests)."""
         self.prompt_tokens += result.usage.get("prompt_tokens", 0)
         self.completion_tokens += result.usage.get("completion_tokens", 0)
         self.model_latency_s += result.latency_s
         self.completion_tokens_per_request.append(result.usage.get("completion_tokens", 0))
-        self.add("assistant", result.text)
-        return result.text
 
 
 async def run_episode(llm: LLMClient, tools: ToolBox, spec: ToolSpec, task: EpisodeTask,
@@ -144,21 +181,76 @@ async def run_episode(llm: LLMClient, tools: ToolBox, spec: ToolSpec, task: Epis
     return EpisodeResult(episode, trials)
 
 
+@dataclasses.dataclass
+class Grounding:
+    """A grounded request's origin: the call it was written from and that call's result."""
+
+    arguments: dict[str, Any]
+    observation: str
+
+
+async def grounded_request(llm: LLMClient, tools: ToolBox, spec: ToolSpec, memory: list[MemoryEntry],
+                           settings: ExploreSettings, chat: Conversation) -> tuple[str, Grounding] | None:
+    """A user request written from a valid call and its real result (see the module docstring), in
+    requests of their own; None when no call executed cleanly in two tries."""
+    grammar = grammar_request(turn_grammar([(spec.name, spec.parameters)], thought=False, allow_final=False))
+    for _ in range(2):
+        result = await llm.chat([{"role": "user", "content": grounding_call_prompt(spec, memory, settings)}],
+                                temperature=settings.imagination_temperature, max_tokens=settings.turn_max_tokens,
+                                extra_body=grammar)
+        chat.count(result)
+        turn = parse_turn(result.text, [spec.name])
+        if turn.arguments is None:
+            continue
+        observation = await tools.call(spec.name, turn.arguments)
+        if not observation.ok:
+            continue
+        result = await llm.chat([{"role": "user", "content": request_prompt(spec, turn.arguments, observation.text)}],
+                                temperature=0.7, max_tokens=settings.query_max_tokens, stop=["\n"])
+        chat.count(result)
+        if query := clean_query(result.text):
+            return query, Grounding(turn.arguments, observation.text)
+    return None
+
+
+def matches(steps: list[Step], grounding: Grounding) -> bool:
+    """Whether the trial's last clean call is the grounding call: the same arguments, or the same result."""
+    clean = [s for s in steps if s.action and not s.parse_error and not s.tool_error_kind]
+    if not clean:
+        return False
+    try:
+        same_arguments = json.loads(clean[-1].action_input) == grounding.arguments
+    except json.JSONDecodeError:
+        same_arguments = False
+    return same_arguments or clean[-1].observation == grounding.observation
+
+
 async def run_trial(llm: LLMClient, tools: ToolBox, spec: ToolSpec, task: EpisodeTask, settings: ExploreSettings,
                     chat: Conversation, slot: int, seed: int | None) -> Trial:
     """Imagination, trial and reflection for the ``slot``-th request of the conversation."""
     started = time.perf_counter()
     tokens_before = (chat.prompt_tokens, chat.completion_tokens)
-    chat.add("user", imagination_prompt(spec, task.memory, settings) if slot == 0 else NEXT_QUERY_PROMPT)
-    query = clean_query(await chat.ask(llm, temperature=settings.imagination_temperature,
-                                       max_tokens=settings.query_max_tokens, seed=seed))
-    chat.add("user", trial_prompt(spec.name, query))
-    constraint = grammar_request(turn_grammar([(spec.name, spec.parameters)])) if settings.constrained else None
+    grounded = None
+    if settings.imagination == "grounded" and not settings.no_exec:
+        grounded = await grounded_request(llm, tools, spec, task.memory, settings, chat)
+    if grounded:
+        query, grounding = grounded
+        chat.add("user", (api_introduction(spec) if slot == 0 else "") + trial_prompt(spec.name, query))
+    else:
+        grounding = None
+        chat.add("user", imagination_prompt(spec, task.memory, settings) if slot == 0 else NEXT_QUERY_PROMPT)
+        query = clean_query(await chat.ask(llm, temperature=settings.imagination_temperature,
+                                           max_tokens=settings.query_max_tokens, seed=seed))
+        chat.add("user", trial_prompt(spec.name, query))
+    tools_of_turn = [(spec.name, spec.parameters)]
     steps: list[Step] = []
     final_answer = None
     calls = 0
     for turn_index in range(settings.max_turn + 1):
         turn_started = time.perf_counter()
+        constraint = None
+        if settings.constrained:  # with call_first, no final answer before a call
+            constraint = grammar_request(turn_grammar(tools_of_turn, allow_final=calls > 0 or not settings.call_first))
         text = await chat.ask(llm, temperature=settings.trial_temperature, max_tokens=settings.turn_max_tokens,
                               stop=STOP, seed=None if seed is None else seed + 1 + turn_index, extra_body=constraint)
         turn = parse_turn(text, [spec.name])
@@ -192,5 +284,8 @@ async def run_trial(llm: LLMClient, tools: ToolBox, spec: ToolSpec, task: Episod
         query=query, steps=steps, final_answer=final_answer, reflection=reflection, success=success, num_calls=calls,
         num_parse_errors=sum(1 for s in steps if s.parse_error), num_tool_errors=sum(1 for s in steps if s.tool_error_kind),
         executed=not settings.no_exec, constrained=settings.constrained,
+        grounding_call=json.dumps(grounding.arguments, ensure_ascii=False) if grounding else None,
+        grounding_observation=grounding.observation if grounding else None,
+        matches_grounding=matches(steps, grounding) if grounding else None,
         prompt_tokens=chat.prompt_tokens - tokens_before[0], completion_tokens=chat.completion_tokens - tokens_before[1],
         latency_s=time.perf_counter() - started)

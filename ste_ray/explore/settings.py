@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from ste_ray.config import option
 
@@ -28,6 +29,11 @@ class ExploreSettings:
         True, help="Constrain trial turns to a Final Answer or one call whose arguments satisfy the tool's JSON "
         "schema, and reflection to Yes/No (vLLM structured outputs; turned off with a warning when the endpoint "
         "lacks them)")
+    imagination: Literal["free", "grounded"] = option(
+        "free", help="free: the explorer imagines a request from the documentation (the paper); grounded: it "
+        "writes a valid call first, the call runs, and it writes the request that the call and its result answer")
+    call_first: bool = option(True, help="With constrained decoding, a trial's first turn must be a call, not a "
+                                         "final answer")
     imagination_temperature: float = option(1.0, help="Sampling temperature of imagination", ge=0)
     trial_temperature: float = option(0.7, help="Sampling temperature of trial turns", ge=0)
     query_max_tokens: int = option(96, help="Output limit of an imagined query", ge=1)

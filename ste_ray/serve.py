@@ -1,0 +1,111 @@
+"""Serving: Ray Serve hosts the base model and the fine-tuned ones behind one OpenAI-compatible
+endpoint; ``model="<name>"`` in a request picks which answers.
+
+Locally each fine-tuned model is served merged (the LoRA adapter folded into the base weights by
+``jobs/train.py --train.merge``, or by ``merged_model`` here), one vLLM engine per name: Ray Serve
+LLM loads LoRA adapters dynamically only from cloud storage (``s3://``, ``gs://``, Azure), never
+from a local directory, and a merged model also carries any toolkens' new embeddings, which vLLM's
+LoRA does not. On a cluster with adapters in object storage, ``adapters_uri`` serves every adapter
+under it from one engine instead (``model="<base>:<adapter>"``).
+
+An API key (``api_key_env``: the name of an environment variable the ingress replicas see) makes
+every route answer 401 without ``Authorization: Bearer <key>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from fastapi import HTTPException, Request
+from ray.llm._internal.serve.core.configs.openai_api_models import ChatCompletionRequest, CompletionRequest
+from ray.llm._internal.serve.core.ingress.ingress import OpenAiIngress
+
+from ste_ray.client import Endpoint
+from ste_ray.config import fail, option
+from ste_ray.engine import EngineConfig, deploy
+from ste_ray.model import resolve_model
+from ste_ray.train.run import merge_adapter
+
+
+@dataclasses.dataclass
+class ServeSettings:
+    """What is served, under which names."""
+
+    models: dict[str, str] = option(
+        default_factory=lambda: {"base": "embedded"},
+        help="Served name → model: 'embedded', 'teacher', a Hugging Face directory (a merged fine-tuned model), "
+        "or a training output directory (its merged/ model, merged now if missing)")
+    adapters_uri: str = option(
+        "", help="Cluster: s3://, gs:// or azure:// directory of LoRA adapters, served on the first model as "
+        "'<name>:<adapter>'")
+    api_key_env: str = option("", help="Environment variable holding the API key clients must send; empty: none "
+                                       "(the endpoint binds loopback by default)")
+
+    def validate(self) -> None:
+        if not self.models:
+            fail("models", "needs at least one model")
+        if self.adapters_uri and not self.adapters_uri.startswith(("s3://", "gs://", "abfss://", "azure://")):
+            fail("adapters_uri", f"must be object storage (s3://, gs://, azure://), got {self.adapters_uri!r}")
+
+
+class KeyedIngress(OpenAiIngress):
+    """Ray Serve LLM's OpenAI ingress, with every route behind an API key when one is set."""
+
+    def __init__(self, *args, api_key_env: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._api_key = os.environ.get(api_key_env, "") if api_key_env else ""
+
+    def _check(self, request: Request) -> None:
+        if self._api_key and not hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {self._api_key}"):
+            raise HTTPException(status_code=401, detail="missing or wrong API key (Authorization: Bearer <key>)")
+
+    async def models(self, request: Request):
+        self._check(request)
+        return await super().models()
+
+    async def model_data(self, model: str, request: Request):
+        self._check(request)
+        return await super().model_data(model)
+
+    async def chat(self, body: ChatCompletionRequest, request: Request):
+        self._check(request)
+        return await super().chat(body, request)
+
+    async def completions(self, body: CompletionRequest, request: Request):
+        self._check(request)
+        return await super().completions(body, request)
+
+
+def merged_model(source: str) -> str:
+    """What to load for a served model: a training output directory means its merged model (made
+    now from its adapter if training did not merge); anything else resolves as usual."""
+    path = Path(source)
+    if (path / "adapter" / "adapter_config.json").is_file():
+        if not (path / "merged" / "config.json").is_file():
+            merge_adapter(path / "adapter", resolve_model(adapter_base(path / "adapter")), path / "merged")
+        return str(path / "merged")
+    return source
+
+
+def adapter_base(adapter: Path) -> str:
+    """The base model an adapter was trained from (the packaged student when PEFT recorded a local
+    path that no longer exists)."""
+    base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path", "")
+    return base if base and Path(base).is_dir() else "embedded"
+
+
+def serve_models(engine: EngineConfig, settings: ServeSettings) -> Endpoint:
+    """Deploy every model of ``settings`` on one endpoint (Ray must be connected); returns the
+    endpoint, asking for the first model."""
+    models = {name: merged_model(source) for name, source in settings.models.items()}
+    ingress: dict[str, Any] = {"ingress_cls": KeyedIngress, "ingress_extra_kwargs": {"api_key_env": settings.api_key_env}}
+    if settings.adapters_uri:
+        engine = dataclasses.replace(engine, engine_kwargs={**engine.engine_kwargs, "enable_lora": True})
+    endpoint = deploy(engine, models, ingress, lora_uri=settings.adapters_uri)
+    key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
+    return Endpoint(endpoint.base_url, endpoint.model, api_key=key)
