@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ste_ray"
-STAGES = ["tools", "explore", "exploit", "train", "serve", "evaluate"]
+STAGES = ["tools", "explore", "exploit", "train", "serve", "evaluate", "pipeline"]
 
 
 def stage_of(module: str) -> int | None:

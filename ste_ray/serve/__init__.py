@@ -15,15 +15,10 @@ every route answer 401 without ``Authorization: Bearer <key>``.
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import json
 import os
 from pathlib import Path
 from typing import Any
-
-from fastapi import HTTPException, Request
-from ray.llm._internal.serve.core.configs.openai_api_models import ChatCompletionRequest, CompletionRequest
-from ray.llm._internal.serve.core.ingress.ingress import OpenAiIngress
 
 from ste_ray.client import Endpoint
 from ste_ray.config import fail, option
@@ -53,34 +48,6 @@ class ServeSettings:
             fail("adapters_uri", f"must be object storage (s3://, gs://, azure://), got {self.adapters_uri!r}")
 
 
-class KeyedIngress(OpenAiIngress):
-    """Ray Serve LLM's OpenAI ingress, with every route behind an API key when one is set."""
-
-    def __init__(self, *args, api_key_env: str = "", **kwargs):
-        super().__init__(*args, **kwargs)
-        self._api_key = os.environ.get(api_key_env, "") if api_key_env else ""
-
-    def _check(self, request: Request) -> None:
-        if self._api_key and not hmac.compare_digest(request.headers.get("authorization", ""), f"Bearer {self._api_key}"):
-            raise HTTPException(status_code=401, detail="missing or wrong API key (Authorization: Bearer <key>)")
-
-    async def models(self, request: Request):
-        self._check(request)
-        return await super().models()
-
-    async def model_data(self, model: str, request: Request):
-        self._check(request)
-        return await super().model_data(model)
-
-    async def chat(self, body: ChatCompletionRequest, request: Request):
-        self._check(request)
-        return await super().chat(body, request)
-
-    async def completions(self, body: CompletionRequest, request: Request):
-        self._check(request)
-        return await super().completions(body, request)
-
-
 def merged_model(source: str) -> str:
     """What to load for a served model: a training output directory means its merged model (made
     now from its adapter if training did not merge); anything else resolves as usual."""
@@ -103,7 +70,9 @@ def serve_models(engine: EngineConfig, settings: ServeSettings) -> Endpoint:
     """Deploy every model of ``settings`` on one endpoint (Ray must be connected); returns the
     endpoint, asking for the first model."""
     models = {name: merged_model(source) for name, source in settings.models.items()}
-    ingress: dict[str, Any] = {"ingress_cls": KeyedIngress, "ingress_extra_kwargs": {"api_key_env": settings.api_key_env}}
+    # By name: the ingress module imports vLLM's serving layer, which only the replicas need.
+    ingress: dict[str, Any] = {"ingress_cls": "ste_ray.serve.ingress:KeyedIngress",
+                               "ingress_extra_kwargs": {"api_key_env": settings.api_key_env}}
     if settings.adapters_uri:
         engine = dataclasses.replace(engine, engine_kwargs={**engine.engine_kwargs, "enable_lora": True})
     endpoint = deploy(engine, models, ingress, lora_uri=settings.adapters_uri)
