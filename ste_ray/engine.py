@@ -51,7 +51,8 @@ class EngineConfig:
         help="Base URL ending in /v1 (attach/external). Empty with attach: http://127.0.0.1:<port>/v1",
     )
     api_key_env: str = option(
-        "OPENAI_API_KEY", help="Environment variable holding the API key (external); never logged"
+        "OPENAI_API_KEY", help="Environment variable holding the API key sent to the endpoint (attach, external); "
+        "never logged"
     )
     max_model_len: int = option(2048, help="Context length the engine serves (prompt + output)", ge=128)
     num_replicas: int = option(1, help="Engine replicas (fixed count, or the start count when autoscaling)", ge=1)
@@ -266,11 +267,11 @@ def _client_host(bind_host: str) -> str:
 
 
 def external_endpoint(cfg: EngineConfig) -> Endpoint:
+    key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
     if cfg.mode == "attach":
         url = cfg.url or f"http://{_client_host(cfg.host)}:{cfg.port}/v1"
         model = cfg.served_model_name if cfg.model == EMBEDDED_MODEL else cfg.model
-        return Endpoint(url, model)
-    key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+        return Endpoint(url, model, api_key=key)
     return Endpoint(cfg.url, cfg.model, api_key=key)
 
 

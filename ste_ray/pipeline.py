@@ -145,7 +145,8 @@ class Pipeline:
         settings = dataclasses.replace(self.train_settings, merge=True)
         result = run_training(self.dirs["exploit"] / "sft", output, settings)
         (output / "metrics.json").write_text(json.dumps({"history": result.history, "examples": result.examples,
-                                                         "dropped_too_long": result.dropped_too_long}, indent=1))
+                                                         "dropped_too_long": result.dropped_too_long,
+                                                         "resumed_at": result.resumed_at}, indent=1))
         loss_chart(result.history, output / "loss.png", f"LoRA fine-tuning of {settings.model}")
         update_manifest(output, {"status": "finished", "finished": now(), "steps": result.history[-1]["step"],
                                  "examples": result.examples})

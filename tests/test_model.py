@@ -78,3 +78,28 @@ def test_resolve_model(tmp_path, converted):
         resolve_model(str(tmp_path))
     assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert resolve_model("embedded", converted.parent) == str(converted)  # reuses the conversion
+
+
+def test_the_teachers_assembly_refuses_a_file_whose_hash_does_not_match(tmp_path):
+    import hashlib
+
+    from ste_ray.model import assemble_gguf
+
+    parts = []
+    for i, data in enumerate((b"GGUF-part-one-", b"part-two")):
+        parts.append(tmp_path / f"part{i:02d}.bin")
+        parts[-1].write_bytes(data)
+    whole = b"GGUF-part-one-part-two"
+    good = assemble_gguf(parts, tmp_path / "out" / "model.gguf", hashlib.sha256(whole).hexdigest(), len(whole))
+    assert good.read_bytes() == whole
+    with pytest.raises(ModelNotFoundError, match="refusing it"):
+        assemble_gguf(parts, tmp_path / "bad" / "model.gguf", hashlib.sha256(b"other").hexdigest(), len(whole))
+    assert list((tmp_path / "bad").iterdir()) == []  # nothing left behind that a later run could load
+
+
+def test_the_teachers_parts_are_installed_in_order():
+    from ste_ray.model import TEACHER_PARTS, TEACHER_SIZE, teacher_part_paths
+
+    paths = teacher_part_paths()
+    assert len(paths) == TEACHER_PARTS and [p.name for p in paths][:2] == ["part01.bin", "part02.bin"]
+    assert sum(p.stat().st_size for p in paths) == TEACHER_SIZE

@@ -174,3 +174,53 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_with_toolkens(ray_sess
     for name in names:
         ids = tokenizer(name, add_special_tokens=False)["input_ids"]
         assert len(ids) == 1 and ids[0] >= len(base)  # one new token each
+
+
+@pytest.mark.engine
+def test_the_served_model_answers_through_the_openai_api_behind_a_key(trained, tmp_path):
+    """jobs/serve.py as users run it: the base model and the fine-tuned one on one endpoint, picked
+    by name, behind an API key."""
+    import os
+    import signal
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen([sys.executable, "jobs/serve.py", "--engine.port", str(port), "--serve.api_key_env",
+                               "STE_SERVE_KEY", "--serve.models", json.dumps({"base": "embedded", "tuned": str(trained)}),
+                               "--ray.include_dashboard", "false"],
+                              cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "STE_SERVE_KEY": "k3y"},
+                              start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    messages = json.loads(sft_examples(toolkens=False, copies=1)[0].messages)[:2]
+
+    def ask(model: str, key: str | None) -> dict:
+        request = urllib.request.Request(url + "/chat/completions", method="POST", data=json.dumps(
+            {"model": model, "messages": messages, "max_tokens": 40, "temperature": 0}).encode(),
+            headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return json.loads(response.read())
+
+    try:
+        deadline = time.monotonic() + 600
+        while "serving; Ctrl-C to stop" not in (tmp_path / "serve.log").read_text():
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(1)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            ask("tuned", None)
+        assert refused.value.code == 401
+        base, tuned = (ask(m, "k3y")["choices"][0]["message"]["content"] for m in ("base", "tuned"))
+        assert tuned != base and tuned.startswith("Action: add_date\nAction Input: {")
+        assert (trained / "merged" / "config.json").is_file()  # served merged (see ste_ray/serve)
+    finally:
+        os.killpg(server.pid, signal.SIGINT)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()

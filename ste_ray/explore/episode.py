@@ -25,6 +25,7 @@ from typing import Any
 from ste_ray.client import ChatResult, LLMClient, LLMRequestError
 from ste_ray.constrained import REFLECTION_REGEX, grammar_request, regex_request, turn_grammar
 from ste_ray.explore.settings import ExploreSettings
+from ste_ray.queries import call_values, missing_value, query_problem
 from ste_ray.react import STOP, parse_reflection, parse_turn, reflection_prompt, trial_prompt
 from ste_ray.schema import Episode, Step, Trial
 from ste_ray.tools.calls import ToolBox
@@ -62,20 +63,20 @@ def grounding_call_prompt(spec: ToolSpec, memory: list[MemoryEntry], settings: E
             "Write one call of this API with realistic, specific argument values that a user could need.")
 
 
-REQUEST_EXAMPLES = (
-    "Each API call below was made to answer a user's request. Write the request, as the user wrote it: one line "
-    "of plain words that states every value the call uses, without naming the API.\n\n"
-    'Call: convert_currency {"amount": 250, "from": "EUR", "to": "JPY"}\n'
-    'Result: {"amount": 40125.5, "currency": "JPY"}\n'
-    "Request: How many Japanese yen do I get for 250 euros?\n\n"
-    'Call: weather_forecast {"city": "Lisbon", "days": 3}\n'
-    'Result: {"forecast": ["sunny", "cloudy", "rain"]}\n'
-    "Request: What will the weather be like in Lisbon over the next 3 days?\n\n")
+def request_prompt(spec: ToolSpec, arguments: dict[str, Any], observation: str, values: list[str]) -> str:
+    """Asks for the request a call and its result answer. (With worked examples in the prompt, the
+    1.5B teacher copied the examples' requests instead of writing this call's.)"""
+    stated = f" that states {', '.join(repr(v) for v in values)}" if values else ""
+    return (f"A user asked for something, and this API call answered it.\n\n{spec.ste_block()}\n\n"
+            f"Call: {spec.name} with {json.dumps(arguments, ensure_ascii=False)}\nResult: {observation[:600]}\n\n"
+            f"Write the user's request: one sentence in plain words, as a person would ask it{stated}. Not code, "
+            "not JSON, and not the API's name.")
 
 
-def request_prompt(spec: ToolSpec, arguments: dict[str, Any], observation: str) -> str:
-    return (REQUEST_EXAMPLES + f"Call: {spec.name} {json.dumps(arguments, ensure_ascii=False)}\n"
-            f"Result: {observation[:600]}\nRequest:")
+def values_to_state(arguments: dict[str, Any]) -> list[str]:
+    """The call values a request written from it must state: numbers, and strings of 3 characters or
+    more (codes such as a language's "fr" are implied by the words, not written)."""
+    return [v for v in call_values(arguments) if v.replace(".", "").lstrip("-").isdigit() or len(v) >= 3]
 
 
 NEXT_QUERY_PROMPT = ("Building on what you learned in the attempts above, write another realistic user request "
@@ -192,7 +193,8 @@ class Grounding:
 async def grounded_request(llm: LLMClient, tools: ToolBox, spec: ToolSpec, memory: list[MemoryEntry],
                            settings: ExploreSettings, chat: Conversation) -> tuple[str, Grounding] | None:
     """A user request written from a valid call and its real result (see the module docstring), in
-    requests of their own; None when no call executed cleanly in two tries."""
+    requests of their own: the first of three candidates that is a request and states the call's
+    values. None when no call executed cleanly, or no candidate passed, in two tries."""
     grammar = grammar_request(turn_grammar([(spec.name, spec.parameters)], thought=False, allow_final=False))
     for _ in range(2):
         result = await llm.chat([{"role": "user", "content": grounding_call_prompt(spec, memory, settings)}],
@@ -205,11 +207,15 @@ async def grounded_request(llm: LLMClient, tools: ToolBox, spec: ToolSpec, memor
         observation = await tools.call(spec.name, turn.arguments)
         if not observation.ok:
             continue
-        result = await llm.chat([{"role": "user", "content": request_prompt(spec, turn.arguments, observation.text)}],
-                                temperature=0.7, max_tokens=settings.query_max_tokens, stop=["\n"])
+        values = values_to_state(turn.arguments)
+        result = await llm.chat([{"role": "user", "content": request_prompt(spec, turn.arguments, observation.text,
+                                                                            values)}],
+                                temperature=0.8, max_tokens=settings.query_max_tokens, n=3, stop=["\n"])
         chat.count(result)
-        if query := clean_query(result.text):
-            return query, Grounding(turn.arguments, observation.text)
+        for text in result.texts:
+            query = clean_query(text)
+            if query and not query_problem(query, spec.ste_description()) and missing_value(query, values) is None:
+                return query, Grounding(turn.arguments, observation.text)
     return None
 
 

@@ -1,0 +1,91 @@
+"""The pipeline job end to end on the real engine, tiny settings (the embedded model stands in for the
+teacher): a finished stage is skipped, a pipeline killed during training continues from the training
+checkpoint when run again, the served fine-tuned model is measured beside its base model, and a third
+run has nothing left to do."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from ste_ray.runs import update_manifest
+from tests.conftest import free_port
+from tests.exploration_data import CALLS, faithful_trials, write_exploration
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.engine
+
+
+def command(output: Path) -> list[str]:
+    apis = sorted({api for api, *_ in CALLS})
+    return [sys.executable, "jobs/pipeline.py", "--output", str(output), "--ray.include_dashboard", "false",
+            "--pipeline.apis", json.dumps(apis), "--pipeline.teacher_eval_limit", "1",
+            "--teacher.model", "embedded", "--teacher.port", str(free_port()), "--teacher.max_model_len", "2048",
+            "--teacher.cpu_kv_cache_gib", "1", "--student.port", str(free_port()), "--student.max_model_len", "2048",
+            "--student.cpu_kv_cache_gib", "1", "--exploit.target_per_api", "4", "--exploit.max_paraphrases", "1",
+            "--exploit.validation_share", "0", "--train.batch_size", "2", "--train.effective_batch_size", "4",
+            "--train.epochs", "1", "--train.checkpoint_every", "1", "--eval.limit", "1"]
+
+
+def test_pipeline_skips_finished_stages_and_resumes_training_after_a_kill(tmp_path):
+    output = tmp_path / "pipeline"
+    trials, specs = faithful_trials()
+    write_exploration(output / "explore", trials, specs)
+    update_manifest(output / "explore", {"status": "finished"})  # an exploration that already ran
+
+    snapshot = output / "train" / "ray_train" / "train" / "checkpoint_manager_snapshot.json"
+    log = (tmp_path / "first.log").open("w")
+    first = subprocess.Popen(command(output), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 900
+    while not (snapshot.is_file() and json.loads(snapshot.read_text())["checkpoint_results"]):
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no training checkpoint"
+        time.sleep(0.5)
+    group = [p for p in psutil.process_iter() if _group(p) == first.pid]
+    os.killpg(first.pid, signal.SIGKILL)  # the driver and its local Ray instance die during training
+    psutil.wait_procs(group, timeout=30)
+    log.close()
+    text = (tmp_path / "first.log").read_text()
+    assert "explore: complete, skipped" in text and "exploit: running" in text and "train: running" in text
+
+    again = subprocess.run(command(output), cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    for stage in ("explore", "exploit"):
+        assert f"{stage}: complete, skipped" in again.stdout
+    assert "train: running" in again.stdout and "evaluate: running" in again.stdout
+    train = json.loads((output / "train" / "metrics.json").read_text())
+    assert train["resumed_at"] and train["resumed_at"][0] >= 1  # continued from the checkpoint of the killed run
+    assert [h["step"] for h in train["history"]] == list(range(1, len(train["history"]) + 1))
+    metrics = json.loads((output / "evaluate" / "metrics.json").read_text())
+    assert set(metrics) == {"base top5", "base top5+demos4", "tuned top5", "tuned top5+constrained"}
+    assert all(m["n"] == 3 for m in metrics.values())
+    teacher = json.loads((output / "evaluate" / "teacher.json").read_text())
+    assert teacher["n"] == 3 and teacher["setting"] == "top5"
+    predictions = {name: json.loads((output / "evaluate" / "predictions" / f"{name}.json").read_text())
+                   for name in ("base-top5", "tuned-top5")}
+    outputs = {name: [i["model_output"] for items in p.values() for i in items] for name, p in predictions.items()}
+    assert outputs["tuned-top5"] != outputs["base-top5"]  # the fine-tuned model answers differently
+    report = (output / "report.md").read_text()
+    assert "tuned top5" in report and "## Data funnel" in report and (output / "outcome.png").is_file()
+    outcome = json.loads((output / "outcome.json").read_text())
+    assert outcome["metrics"]["tuned top5"] == metrics["tuned top5"]
+
+    third = subprocess.run(command(output), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr[-3000:]
+    for stage in ("explore", "exploit", "train", "evaluate"):
+        assert f"{stage}: complete, skipped" in third.stdout
+
+
+def _group(process: psutil.Process) -> int | None:
+    try:
+        return os.getpgid(process.pid)
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        return None
