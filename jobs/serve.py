@@ -1,5 +1,6 @@
 """Serving: the base model and fine-tuned models behind one OpenAI-compatible endpoint (Ray Serve,
-vLLM); ``model="<name>"`` picks which answers.
+vLLM); ``model="<name>"`` picks which answers. With no flags: the embedded model as ``ste-model``,
+the endpoint other jobs attach to (``--engine.mode attach``).
 
     python jobs/serve.py --serve.models '{base: embedded, tuned: outputs/train}'      # local: serves until Ctrl-C
     python jobs/serve.py --ray.address auto --serve.models '{tuned: /shared/train}'   # a cluster: stays up detached

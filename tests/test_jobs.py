@@ -109,7 +109,8 @@ def test_cluster_files_are_consistent():
 
 
 @pytest.mark.parametrize("job, config", [("explore", "ExploreConfig"), ("exploit", "ExploitConfig"),
-                                         ("train", "TrainConfig"), ("evaluate", "EvaluateConfig")])
+                                         ("train", "TrainConfig"), ("serve", "ServeConfig"),
+                                         ("evaluate", "EvaluateConfig")])
 def test_readme_documents_every_flag(job, config):
     from ste_ray.config import flags_markdown
 
@@ -189,3 +190,16 @@ def test_an_engine_the_cluster_cannot_hold_fails_within_a_minute(readme_cluster)
     assert len(errors) == 1 and "the engine can never be placed on this Ray cluster" in errors[0], result.stdout[-3000:]
     assert "ray start --head --num-cpus" in errors[0]
     assert time.monotonic() - started < 60
+
+
+def test_readme_documents_the_pipeline_and_its_sections():
+    from ste_ray.config import flags_markdown
+
+    spec = importlib.util.spec_from_file_location("pipeline_job", ROOT / "jobs/pipeline.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    readme = (ROOT / "README.md").read_text()
+    for row in flags_markdown(module.PipelineConfig).splitlines()[2:]:
+        flag = row.split("`")[1]
+        section = flag[2:].split(".")[0]
+        assert f"`{flag}`" in readme or f"`--{section}.*`" in readme, f"{flag} is not documented in the README"

@@ -32,7 +32,7 @@ class ServeSettings:
     """What is served, under which names."""
 
     models: dict[str, str] = option(
-        default_factory=lambda: {"base": "embedded"},
+        default_factory=lambda: {"ste-model": "embedded"},
         help="Served name → model: 'embedded', 'teacher', a Hugging Face directory (a merged fine-tuned model), "
         "or a training output directory (its merged/ model, merged now if missing)")
     adapters_uri: str = option(
