@@ -59,7 +59,7 @@ def trial_stats(trials: list[dict], wall_s: float) -> dict:
 
 
 async def run(endpoint, cfg: BenchConstrainedConfig) -> dict:
-    specs = select_tools(["ste"], cfg.apis)
+    specs, _ = select_tools(["ste"], cfg.apis)
     variants = {}
     for constrained in (False, True):
         name = "constrained" if constrained else "unconstrained"

@@ -204,7 +204,7 @@ def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, flo
 
 
 async def run(endpoint, cfg: BenchExploreConfig) -> dict:
-    specs = select_tools(["ste"], [])
+    specs, _ = select_tools(["ste"], [])
     await warm_up(endpoint, specs, cfg.explore)
     print("(a) sequential STE loop ...", flush=True)
     seq = await sequential(endpoint, specs, cfg.explore, cfg.sequential_episodes)

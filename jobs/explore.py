@@ -24,7 +24,7 @@ from ste_ray.runs import (OutputError, atomic_write_text, now, package_versions,
                           update_manifest)
 from ste_ray.runtime import RayConfig, job_console, ray_cluster, run_job
 from ste_ray.tools.calls import ToolCallConfig
-from ste_ray.tools.sources import select_tools
+from ste_ray.tools.sources import ToolSource, select_tools
 from ste_ray.tools.spec import ToolSpecError
 
 
@@ -36,10 +36,10 @@ class ExploreConfig:
     engine: EngineConfig = option(default_factory=EngineConfig, help="The explorer endpoint")
     explore: ExploreSettings = option(default_factory=ExploreSettings, help="Episodes")
     tool_calls: ToolCallConfig = option(default_factory=ToolCallConfig, help="Tool-call limits and record/replay")
-    tools: list[str] = option(
-        default_factory=lambda: ["ste"],
-        help="Tool sources: ste (the STE benchmark APIs with offline executors), builtin, builtin:<category>, "
-        "or an OpenAI-tools JSON/YAML file")
+    tools: list[ToolSource] = option(
+        default_factory=lambda: [ToolSource("ste")],
+        help="Tool sources (see ste_ray/tools/sources.py): ste, ste:FILE, builtin[:category], openai:FILE, "
+        "openapi:URL|FILE, mcp:URL|COMMAND, python:MODULE[:NAME]; in YAML each may carry secret_env, base_url, limits")
     apis: list[str] = option(default_factory=list, help="Explore only these APIs (names, comma-separated)")
     output: str = option("outputs/explore", help="Output directory (trials/, episodes/, manifest.json, logs/)")
     resume: bool = option(False, help="Continue the run in --output: finished episodes are kept, not redone")
@@ -59,7 +59,9 @@ class ExploreConfig:
 def main() -> None:
     cfg = job_config(ExploreConfig)
     # Everything that can be checked is checked before Ray or the engine start.
-    specs = select_tools(cfg.tools, cfg.apis)
+    specs, source_limits = select_tools(cfg.tools, cfg.apis)
+    # A tool's own per_tool limits win over its source's.
+    tool_calls = dataclasses.replace(cfg.tool_calls, per_tool={**source_limits, **cfg.tool_calls.per_tool})
     output = prepare_output(cfg.output)
     check_output(output, cfg.resume)
     run_id = uuid.uuid4().hex[:12]
@@ -73,7 +75,7 @@ def main() -> None:
             })
             console.print(f"exploring {len(specs)} APIs × {cfg.explore.num_episodes} episodes with {endpoint.model} "
                           f"at {endpoint.base_url}")
-            result = asyncio.run(run_exploration(endpoint, specs, cfg.explore, cfg.tool_calls, output, run_id))
+            result = asyncio.run(run_exploration(endpoint, specs, cfg.explore, tool_calls, output, run_id))
         update_manifest(output, {"status": "finished", "finished": now(), "episodes_done": result.episodes_done,
                                  "episodes_before": result.episodes_before, "failures": result.failures})
         console.print()

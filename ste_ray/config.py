@@ -81,6 +81,8 @@ def _coerce(path: str, tp: Any, value: Any, from_cli: bool) -> Any:
             return None
         fail(path, f"must not be empty (expected {getattr(tp, '__name__', tp)})")
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, str) and hasattr(tp, "parse"):  # a section with a one-string form (a tool source)
+            return tp.parse(value)
         if not isinstance(value, dict):
             fail(path, f"expected a mapping of {tp.__name__} fields, got {value!r}")
         return _build(tp, value, path)
@@ -198,7 +200,7 @@ def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is typing.Literal:
         name = "{" + ",".join(map(str, typing.get_args(tp))) + "}"
     elif typing.get_origin(tp) in (list, dict):
-        name = str(tp).replace("typing.", "")
+        name = f"{typing.get_origin(tp).__name__}[{', '.join(getattr(a, '__name__', str(a)) for a in typing.get_args(tp))}]"
     else:
         name = getattr(tp, "__name__", str(tp).replace("typing.", ""))
     return f"{name} or none" if optional else name
@@ -217,8 +219,13 @@ def _help(f: dataclasses.Field, tp: Any) -> str:
     return text
 
 
+def _plain(value: Any) -> Any:
+    """A default as shown in --help and the README: a section with a one-string form as that string."""
+    return str(value) if hasattr(value, "parse") else dataclasses.asdict(value)
+
+
 def _shown(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    return json.dumps(value, default=_plain) if isinstance(value, (dict, list)) else str(value)
 
 
 def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
@@ -341,7 +348,7 @@ def flags_markdown(cls: type) -> str:
     lines = ["| flag | default | meaning |", "| --- | --- | --- |"]
     for path, tp, f in _leaf_fields(cls):
         default = _default_at(cls, path)
-        shown = json.dumps(default) if isinstance(default, (dict, list, str)) else default
+        shown = json.dumps(default, default=_plain) if isinstance(default, (dict, list, str)) else default
         lines.append(f"| `--{path}` | `{shown}` | {_escape_cell(_help(f, tp))} |")
     for alias in _aliases(cls):
         lines.append(f"| `--{alias.name}` | | {_escape_cell(alias.help)} |")

@@ -34,7 +34,7 @@ from ste_ray.report import markdown_table
 from ste_ray.runs import atomic_write_text, now, package_versions, read_manifest, tool_specs_hash, update_manifest
 from ste_ray.serve import ServeSettings, serve_models
 from ste_ray.tools.calls import ToolCallConfig
-from ste_ray.tools.sources import select_tools
+from ste_ray.tools.sources import ToolSource, select_tools
 from ste_ray.train import TrainSettings, loss_chart, run_training
 
 STAGES = ["explore", "exploit", "train", "evaluate"]  # serving is part of evaluate: the student is served, then measured
@@ -47,7 +47,7 @@ class PipelineSettings:
 
     from_stage: Stage = option("explore", help="Run from this stage (earlier ones must be complete)")
     until_stage: Stage = option("evaluate", help="Stop after this stage")
-    tools: list[str] = option(default_factory=lambda: ["ste"], help="Tool sources, as for jobs/explore.py")
+    tools: list[ToolSource] = option(default_factory=lambda: [ToolSource("ste")], help="Tool sources, as for jobs/explore.py")
     apis: list[str] = option(default_factory=list, help="Only these APIs")
     teacher_eval_limit: int = option(
         5, help="Benchmark queries per API on which the teacher itself is measured (0: skip; it is slow on CPU)", ge=0)
@@ -77,11 +77,12 @@ class Pipeline:
                  evaluation: EvalSettings, say: Callable[[str], None]):
         self.output, self.settings = output, settings
         self.teacher, self.student = teacher, student
-        self.explore_settings, self.tool_calls = explore, tool_calls
+        self.explore_settings = explore
         self.exploit_settings, self.train_settings, self.evaluation = exploit, train, evaluation
         self.say = say
         self.dirs = {stage: output / stage for stage in STAGES}
-        self.specs = select_tools(settings.tools, settings.apis)
+        self.specs, source_limits = select_tools(settings.tools, settings.apis)
+        self.tool_calls = dataclasses.replace(tool_calls, per_tool={**source_limits, **tool_calls.per_tool})
         self.runs: list[StageRun] = []
 
     def wanted(self, stage: str) -> bool:

@@ -1,4 +1,7 @@
-"""A tiny MCP server (stdio) that the tests start as a subprocess: real MCP, real tools."""
+"""A tiny MCP server that the tests start as a subprocess: real MCP, real tools. Over stdio by
+default; `python mcp_unit_server.py http PORT` serves streamable HTTP at http://127.0.0.1:PORT/mcp."""
+
+import sys
 
 from mcp.server.mcpserver import MCPServer
 
@@ -18,4 +21,7 @@ def word_count(text: str) -> int:
 
 
 if __name__ == "__main__":
-    server.run("stdio")
+    if sys.argv[1:2] == ["http"]:
+        server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
+    else:
+        server.run("stdio")

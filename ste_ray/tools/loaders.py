@@ -13,6 +13,7 @@ import json
 import re
 import types
 import typing
+import urllib.parse
 from pathlib import Path
 from typing import Any, Callable
 
@@ -157,15 +158,17 @@ def ste_api_spec(name: str, text: Any, where: str, executor: Executor | None = N
 
 
 def load_openapi(source: str | Path | dict, base_url: str = "", secret_env: str = "",
-                 secret_header: str = "Authorization") -> list[ToolSpec]:
+                 secret_header: str = "Authorization", where: str = "") -> list[ToolSpec]:
     """One tool per operation: name = operationId, parameters = path and query parameters plus
-    the JSON request body's properties. ``base_url`` overrides the document's first server."""
+    the JSON request body's properties. The document's first server is where calls go (a relative
+    one is resolved against ``where``, the document's own URL); ``base_url`` overrides it."""
     doc = source if isinstance(source, dict) else _read_structured(Path(source))
-    where = "openapi document" if isinstance(source, dict) else str(source)
+    where = where or ("openapi document" if isinstance(source, dict) else str(source))
     if not isinstance(doc, dict) or not str(doc.get("openapi", "")).startswith("3"):
         raise ToolSpecError(f"{where}: openapi: expected an OpenAPI 3 document")
     servers = doc.get("servers") or [{}]
-    base = base_url or servers[0].get("url", "")
+    server = servers[0].get("url", "")
+    base = base_url or (urllib.parse.urljoin(where, server) if where.startswith(("http://", "https://")) else server)
     if not base.startswith(("http://", "https://")):
         raise ToolSpecError(f"{where}: servers[0].url: need an absolute http(s) URL (or pass base_url)")
     specs = []
