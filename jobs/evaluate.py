@@ -4,6 +4,7 @@
     python jobs/evaluate.py --model-url http://host/v1 --model NAME --eval.settings all,top5+oracle
     python jobs/evaluate.py --eval.settings top5,top5+constrained --eval.limit 3   # decoding gain, apart
     python jobs/evaluate.py --predictions mistral.json --judge stored --json       # score a prediction file
+    python jobs/evaluate.py --test-set my_tests.jsonl --tools builtin              # your own test set
 """
 
 import asyncio
@@ -21,10 +22,13 @@ from ste_ray.engine import EngineConfig, EngineUnplaceable, endpoint_aliases, mo
 from ste_ray.evaluate import (METRICS_HEADERS, EvalSettings, Setting, llm_judge, load_demo_pool, metrics_table_rows,
                               per_batch_rows, run_benchmark, score, select_queries)
 from ste_ray.evaluate.chart import bar_chart
+from ste_ray.evaluate.test_sets import FORMATS, TestSetError, load_test_set, run_test_set
 from ste_ray.model import ModelNotFoundError, resolve_model
 from ste_ray.report import format_table, markdown_table
 from ste_ray.runs import OutputError, prepare_output
 from ste_ray.runtime import JobError, RayConfig, job_console, ray_cluster, run_job
+from ste_ray.tools.sources import ToolSource, select_tools
+from ste_ray.tools.spec import ToolSpecError
 
 BATCH_HEADERS = ["setting", "batch", "n", "wellformed %", "api_match %", "correct %"]
 
@@ -49,6 +53,12 @@ class EvaluateConfig:
     per_batch: str = option(
         "", help="Continual-learning batches (a JSON list of lists of API names, e.g. CL_batches.json; 'ste' for "
         "the benchmark's own): metrics per batch")
+    test_set: str = option("", help="Run this test set (JSON lines: query, tools, expected calls; see "
+                                    "ste_ray/evaluate/test_sets.py) instead of the STE benchmark")
+    test_formats: list[str] = option(default_factory=lambda: ["react", "react+constrained", "openai"],
+                                     help="Formats of a test set: react (tool mode), react+constrained, openai (the "
+                                     "tools field; skipped when the endpoint does not take it)")
+    tools: list[ToolSource] = option(default_factory=list, help="Tool sources whose tools a test set may name")
     output: str = option("outputs/evaluate",
                          help="Output directory (predictions/, metrics.json, metrics.md, metrics.png, logs/)")
     verbose: bool = option(False, help="Show Ray's and vLLM's logs live instead of writing them to the log file")
@@ -64,6 +74,8 @@ class EvaluateConfig:
             fail("json", "only with --predictions")
         if self.per_batch and self.per_batch != "ste" and not Path(self.per_batch).is_file():
             fail("per_batch", f"{self.per_batch} is not a file")
+        if unknown := [f for f in self.test_formats if f not in FORMATS]:
+            fail("test_formats", f"unknown: {', '.join(unknown)} (known: {', '.join(FORMATS)})")
 
 
 @contextlib.contextmanager
@@ -100,8 +112,36 @@ async def score_file(cfg: EvaluateConfig, judge_endpoint) -> dict:
         return (await score(predictions, benchmark.string_match, cfg.judge, llm_judge(client))).metrics
 
 
+def run_test_set_job(cfg: EvaluateConfig) -> None:
+    """A user's test set (see ste_ray/evaluate/test_sets.py), checked whole before any request."""
+    loaded, _ = select_tools(cfg.tools, []) if cfg.tools else ([], {})
+    cases = load_test_set(Path(cfg.test_set), {t.name: t for t in loaded})
+    output = prepare_output(cfg.output)
+    with job_console(output / "logs" / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}.log", cfg.verbose) as console:
+        with contextlib.ExitStack() as stack:
+            if cfg.engine.mode == "start":
+                stack.enter_context(ray_cluster(cfg.ray))
+            model = stack.enter_context(model_endpoint(cfg.engine))
+            console.print(f"evaluating {model.model} at {model.base_url} on {len(cases)} test cases")
+
+            async def run() -> dict:
+                async with model.client(max_concurrency=cfg.eval.max_in_flight) as client:
+                    return await run_test_set(client, cases, cfg.test_formats, cfg.eval.max_tokens, output)
+
+            results = asyncio.run(run())
+        (output / "test_set" / "metrics.json").write_text(json.dumps(
+            {"model": model.model, "test_set": str(Path(cfg.test_set).resolve()), "formats": results}, indent=2))
+        rows = [[form, r.get("n", ""), r.get("wellformed", ""), r.get("name_match", ""), r.get("exact", ""),
+                 r.get("skipped", "")] for form, r in results.items()]
+        console.print()
+        console.print(format_table(["format", "n", "wellformed %", "name match %", "exact args %", "note"], rows))
+        console.print(f"wrote {output}/test_set/ (metrics.json, one JSONL of answers per format)")
+
+
 def main() -> None:
     cfg = job_config(EvaluateConfig)
+    if cfg.test_set:
+        return run_test_set_job(cfg)
     if cfg.predictions:
         with endpoints(cfg, need_model=False) as (_, judge_endpoint):
             result = asyncio.run(score_file(cfg, judge_endpoint))
@@ -154,4 +194,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_job(main, expected=(OutputError, LLMError, EngineUnplaceable, ModelNotFoundError))
+    run_job(main, expected=(OutputError, LLMError, EngineUnplaceable, ModelNotFoundError, TestSetError, ToolSpecError))

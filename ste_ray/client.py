@@ -58,6 +58,7 @@ class ChatResult:
     finish_reasons: list[str | None]
     usage: dict[str, int]
     latency_s: float
+    tool_calls: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # the first choice's, OpenAI format
 
     @property
     def text(self) -> str:
@@ -216,6 +217,7 @@ class LLMClient:
             finish_reasons=[c.get("finish_reason") for c in choices],
             usage={k: int(v) for k, v in usage.items() if isinstance(v, int)},
             latency_s=latency,
+            tool_calls=list((choices[0].get("message") or {}).get("tool_calls") or []),
         )
 
     async def models(self) -> list[str]:

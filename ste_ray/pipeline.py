@@ -26,6 +26,7 @@ from ste_ray.constrained import supports_structured_outputs
 from ste_ray.engine import EngineConfig, model_endpoint
 from ste_ray.evaluate import EvalSettings, run_benchmark
 from ste_ray.evaluate.chart import bar_chart
+from ste_ray.evaluate.test_sets import load_test_set, run_test_set
 from ste_ray.exploit import ExploitSettings, run_exploit
 from ste_ray.exploit.report import funnel_table, write_report
 from ste_ray.explore import ExploreSettings, check_output, run_exploration
@@ -56,6 +57,8 @@ class PipelineSettings:
         help="Evaluation settings of the base student (demonstrations come from the exploit output)")
     tuned_settings: list[str] = option(default_factory=lambda: ["top5", "top5+constrained"],
                                        help="Evaluation settings of the fine-tuned student")
+    test_set: str = option("", help="Also measure base and fine-tuned student on this test set (see jobs/evaluate.py "
+                                    "--test-set), in the react and react+constrained formats")
 
 
 @dataclasses.dataclass
@@ -187,8 +190,21 @@ class Pipeline:
                 rows[f"{name} {r.setting}"] = {**r.scored.metrics, "wall_s": round(r.elapsed_s, 1)}
                 (output / "predictions").mkdir(parents=True, exist_ok=True)
                 (output / "predictions" / f"{name}-{r.setting}.json").write_text(json.dumps(r.predictions))
+        if self.settings.test_set:
+            cases = load_test_set(Path(self.settings.test_set), {s.name: s for s in self.specs})
+            for name in ("base", "tuned"):
+                results = asyncio.run(self.test_set(Endpoint(served.base_url, name, served.api_key), cases,
+                                                    output / f"test_set-{name}"))
+                for form, m in results.items():
+                    rows[f"{name} test set ({form})"] = {"n": m["n"], "wellformed": m["wellformed"],
+                                                         "api_match": m["name_match"], "correct": m["exact"],
+                                                         "wall_s": m["wall_s"]}
         atomic_write_text(output / "metrics.json", json.dumps(rows, indent=1))
         update_manifest(output, {"status": "finished", "finished": now()})
+
+    async def test_set(self, endpoint: Endpoint, cases: list, output: Path) -> dict[str, Any]:
+        async with endpoint.client(max_concurrency=self.evaluation.max_in_flight) as client:
+            return await run_test_set(client, cases, ["react", "react+constrained"], self.evaluation.max_tokens, output)
 
     # -----------------------------------------------------------------------------------------
 
