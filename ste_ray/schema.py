@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 R = TypeVar("R")
@@ -186,3 +187,19 @@ def read_dir(directory: str | Path, record: type) -> pa.Table:
 
 def read_records(directory: str | Path, record: type[R]) -> list[R]:
     return [from_row(record, row) for row in read_dir(directory, record).to_pylist()]
+
+
+def finished_episodes(exploration: str | Path) -> set[str]:
+    """An exploration's finished episodes, as "<episode_id>/<run_id>" keys: a trial counts only when
+    the run that wrote it also wrote its episode row (a run killed between the two files leaves trial
+    rows that a later run writes again)."""
+    table = read_dir(Path(exploration) / "episodes", Episode).select(["episode_id", "run_id"])
+    return {f"{e}/{r}" for e, r in zip(table.column("episode_id").to_pylist(), table.column("run_id").to_pylist())}
+
+
+def finished_trials(exploration: str | Path) -> pa.Table:
+    """The trials of an exploration's finished episodes (see ``finished_episodes``)."""
+    trials = read_dir(Path(exploration) / "trials", Trial)
+    keys = pa.array([f"{e}/{r}" for e, r in zip(trials.column("episode_id").to_pylist(),
+                                                  trials.column("run_id").to_pylist())], pa.string())
+    return trials.filter(pc.is_in(keys, pa.array(sorted(finished_episodes(exploration)), pa.string())))

@@ -4,6 +4,7 @@ Parquet. Tiny sizes (one trial per episode, short outputs) keep it to a few minu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import uuid
 from pathlib import Path
@@ -22,7 +23,8 @@ from ste_ray.tools.spec import Executor, ToolSpec
 
 pytestmark = pytest.mark.engine
 
-TINY = dict(num_stm_slots=1, max_turn=2, query_max_tokens=32, turn_max_tokens=160, num_actors=2)
+# One episode per shard: the tests below watch episodes arrive one by one.
+TINY = dict(num_stm_slots=1, max_turn=2, query_max_tokens=32, turn_max_tokens=160, num_actors=2, shard_episodes=1)
 
 
 def add_date():
@@ -175,3 +177,34 @@ async def test_grounded_imagination_writes_the_request_from_an_executed_call(ray
         assert first_call is not None  # call_first: the trial called before it could answer
     for e in read_records(tmp_path / "episodes", Episode):  # the grounding requests are not in the conversation
         assert "Each API call below was made" not in e.conversation and "Write one call of this API" not in e.conversation
+
+
+def test_shards_count_a_trial_only_with_its_runs_episode_row(tmp_path):
+    """A run killed between a shard's trials and its episode rows leaves trial rows behind; the run
+    that resumes writes the episode again: its trials count once, the orphans never."""
+    from ste_ray.explore.episode import EpisodeResult
+    from ste_ray.explore.run import ShardWriter, load_progress, summarize
+    from ste_ray.schema import Step, finished_trials, write_records
+    from tests.exploration_data import trial
+
+    def result(index: int, run_id: str) -> EpisodeResult:
+        t = dataclasses.replace(trial("add_date", index, f"query {index} of {run_id}", [], "x"), run_id=run_id)
+        episode = Episode(run_id=run_id, api="add_date", episode_id=t.episode_id, episode_index=index, conversation="[]",
+                          num_trials=1, stop_reason="completed", memory_size=0, prompt_tokens=0, completion_tokens=0,
+                          latency_s=0.0, model_latency_s=0.0, completion_tokens_per_request=[])
+        return EpisodeResult(episode, [t])
+
+    killed = ShardWriter(tmp_path, "run1", max_episodes=2, max_wait_s=3600)
+    killed.add(result(0, "run1"))
+    killed.add(result(1, "run1"))  # a whole shard
+    orphan = result(2, "run1")
+    write_records(tmp_path / "trials" / "run1-00001.parquet", orphan.trials, Trial)  # killed before its episode row
+    finished, memory = load_progress(tmp_path)
+    assert finished == {episode_id("add_date", 0), episode_id("add_date", 1)}
+    assert [q for q, _ in memory["add_date"]] == ["query 0 of run1", "query 1 of run1"]
+    resumed = ShardWriter(tmp_path, "run2", max_episodes=64, max_wait_s=3600)
+    resumed.add(result(2, "run2"))
+    resumed.flush()
+    trials = finished_trials(tmp_path).to_pylist()
+    assert sorted(t["query"] for t in trials) == ["query 0 of run1", "query 1 of run1", "query 2 of run2"]
+    assert summarize(tmp_path) == [["add_date", 3, 3, 0, 0, 0, "3/3"]]

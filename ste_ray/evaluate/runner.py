@@ -25,7 +25,7 @@ from ste_ray.embeddings import Retriever
 from ste_ray.evaluate.scoring import Judge, Scored, llm_judge, score
 from ste_ray.react import STOP, SYSTEM_PROMPT, tool_mode_messages
 from ste_ray.runtime import terminal
-from ste_ray.schema import JudgedTrial, Trial, read_records
+from ste_ray.schema import JudgedTrial, Trial, finished_trials, from_row, read_records
 from ste_ray.tools.loaders import ste_api_spec
 
 # ---------------------------------------------------------------------------------------------
@@ -123,7 +123,7 @@ def load_demo_pool(source: str, benchmark: Benchmark) -> list[dict[str, str]]:
     path = Path(source)
     if (path / "trials").is_dir():  # exploration output
         demos = []
-        for trial in read_records(path / "trials", Trial):
+        for trial in (from_row(Trial, row) for row in finished_trials(path).to_pylist()):
             step = next((s for s in trial.steps if s.action and not s.parse_error and not s.tool_error_kind), None)
             if step is not None:
                 demos.append({"query": trial.query, "action": step.action, "action_input": step.action_input})

