@@ -12,6 +12,7 @@ import dataclasses
 import json
 import time
 import uuid
+from pathlib import Path
 from typing import ClassVar
 
 from ste_ray.client import LLMError
@@ -20,8 +21,7 @@ from ste_ray.engine import EngineConfig, EngineUnplaceable, endpoint_aliases, mo
 from ste_ray.explore import SUMMARY_HEADERS, ExploreSettings, check_output, run_exploration
 from ste_ray.model import ModelNotFoundError
 from ste_ray.report import format_table
-from ste_ray.runs import (OutputError, atomic_write_text, now, package_versions, prepare_output, tool_specs_hash,
-                          update_manifest)
+from ste_ray.runs import OutputError, now, package_versions, prepare_location, tool_specs_hash, update_manifest
 from ste_ray.runtime import RayConfig, job_console, ray_cluster, run_job
 from ste_ray.tools.calls import ToolCallConfig
 from ste_ray.tools.sources import ToolSource, select_tools
@@ -41,7 +41,8 @@ class ExploreConfig:
         help="Tool sources (see ste_ray/tools/sources.py): ste, ste:FILE, builtin[:category], openai:FILE, "
         "openapi:URL|FILE, mcp:URL|COMMAND, python:MODULE[:NAME]; in YAML each may carry secret_env, base_url, limits")
     apis: list[str] = option(default_factory=list, help="Explore only these APIs (names, comma-separated)")
-    output: str = option("outputs/explore", help="Output directory (trials/, episodes/, manifest.json, logs/)")
+    output: str = option("outputs/explore", help="Output directory (trials/, episodes/, manifest.json, logs/): a local "
+                         "path or a filesystem URI (s3://bucket/prefix, gs://...; logs then go to ./logs/)")
     resume: bool = option(False, help="Continue the run in --output: finished episodes are kept, not redone")
     verbose: bool = option(False, help="Show Ray's and vLLM's logs live instead of writing them to the log file")
 
@@ -62,12 +63,13 @@ def main() -> None:
     specs, source_limits = select_tools(cfg.tools, cfg.apis)
     # A tool's own per_tool limits win over its source's.
     tool_calls = dataclasses.replace(cfg.tool_calls, per_tool={**source_limits, **cfg.tool_calls.per_tool})
-    output = prepare_output(cfg.output)
+    output = prepare_location(cfg.output)
     check_output(output, cfg.resume)
     run_id = uuid.uuid4().hex[:12]
-    with job_console(output / "logs" / f"explore-{time.strftime('%Y%m%d-%H%M%S')}.log", cfg.verbose) as console:
+    logs = output.local_path / "logs" if output.is_local else Path("logs").resolve()
+    with job_console(logs / f"explore-{time.strftime('%Y%m%d-%H%M%S')}.log", cfg.verbose) as console:
         with ray_cluster(cfg.ray), model_endpoint(cfg.engine) as endpoint:
-            atomic_write_text(output / "tools.json", json.dumps([s.record() for s in specs], indent=1, ensure_ascii=False))
+            (output / "tools.json").write_text(json.dumps([s.record() for s in specs], indent=1, ensure_ascii=False))
             update_manifest(output, {
                 "status": "running", "run_id": run_id, "started": now(), "config": to_dict(cfg),
                 "model": endpoint.model, "endpoint": endpoint.base_url, "apis": [s.name for s in specs],

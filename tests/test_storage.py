@@ -1,0 +1,85 @@
+"""Outputs on object storage: explore and exploit write to and resume from an ``s3://`` URI the same
+way they do a local directory. The store is moto's S3-compatible server on loopback (a real HTTP
+server speaking the S3 API), reached by pyarrow's own S3 client: the code path a cluster takes to
+real S3, with only the endpoint changed in the URI."""
+
+from __future__ import annotations
+
+import pytest
+from moto.server import ThreadedMotoServer
+
+from ste_ray.exploit import ExploitSettings, run_exploit
+from ste_ray.exploit.report import write_report
+from ste_ray.explore import ExploreSettings, check_output, run_exploration
+from ste_ray.explore.episode import episode_id
+from ste_ray.runs import OutputError, prepare_location, prepare_output, read_manifest, update_manifest
+from ste_ray.schema import Episode, SFTExample, Trial, read_dir, read_records, write_records
+from ste_ray.storage import Location
+from tests.exploration_data import faithful_trials, write_exploration
+from tests.test_explore import TINY, add_date, tool_cfg
+
+
+@pytest.fixture(scope="module")
+def s3_uri():
+    """A function from a prefix to an s3:// URI on a loopback S3 server (bucket made on first write)."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    # Credentials in the URI (user:password@): Ray Data's workers read with the filesystem object, which carries them.
+    options = f"endpoint_override={host}:{port}&scheme=http&region=us-east-1&allow_bucket_creation=true"
+    yield lambda prefix: f"s3://key:secret@ste-ray/{prefix}?{options}"
+    server.stop()
+
+
+def test_records_and_manifests_round_trip_through_s3(s3_uri):
+    output = prepare_location(s3_uri("unit"))
+    assert str(output) == "s3://ste-ray/unit"  # messages never show the URI's options (keys)
+    trials, _ = faithful_trials()
+    write_records(output / "trials" / "a.parquet", trials[:2], Trial)
+    write_records(output / "trials" / "b.parquet", trials[2:], Trial)
+    (output / "trials" / ".in-progress.tmp").write_bytes(b"")  # a write in flight is not listed
+    assert [f.name for f in (output / "trials").files()] == ["a.parquet", "b.parquet"]
+    assert read_records(output / "trials", Trial) == trials
+    assert len(read_dir(Location.of(s3_uri("unit/trials")), Trial)) == len(trials)  # a URI is a location too
+    update_manifest(output, {"status": "running"})
+    update_manifest(output, {"status": "finished", "episodes": 3})
+    assert read_manifest(output) == {"status": "finished", "episodes": 3}
+    assert read_dir(output / "absent", Episode).num_rows == 0
+
+
+def test_local_only_stages_refuse_a_uri_before_any_work(s3_uri):
+    with pytest.raises(OutputError, match="local directory or a shared mount"):
+        prepare_output(s3_uri("train"))
+
+
+@pytest.mark.engine
+async def test_exploration_writes_to_and_resumes_from_s3(ray_session, engine, s3_uri):
+    output = s3_uri("explore")
+    cfg = tool_cfg()
+    first = await run_exploration(engine, [add_date()], ExploreSettings(num_episodes=2, **TINY), cfg, output, "s1",
+                                  progress=False)
+    assert first.episodes_done == 2 and first.failures == []
+    with pytest.raises(OutputError, match="already holds 2 episodes"):
+        check_output(output, resume=False)
+    resumed = await run_exploration(engine, [add_date()], ExploreSettings(num_episodes=3, **TINY), cfg, output, "s2",
+                                    progress=False)
+    assert (resumed.episodes_before, resumed.episodes_done) == (2, 1)
+    episodes = read_dir(Location.of(output) / "episodes", Episode).to_pylist()
+    assert sorted(e["episode_id"] for e in episodes) == [episode_id("add_date", i) for i in range(3)]
+    trials = read_records(Location.of(output) / "trials", Trial)
+    assert sorted({t.episode_id for t in trials}) == sorted(e["episode_id"] for e in episodes)
+    assert all(s.observation.startswith('{"date": ') for t in trials for s in t.steps if s.tool_error_kind is None
+               and s.action == "add_date")
+
+
+def test_exploit_reads_and_writes_s3(ray_session, s3_uri):
+    trials, specs = faithful_trials()
+    write_exploration(Location.of(s3_uri("explored")), trials, specs)
+    settings = ExploitSettings(judge="none", target_per_api=0, validation_share=0.0, general_ratio=0.0)
+    result = run_exploit(s3_uri("explored"), s3_uri("exploit"), settings, None, None, False, progress=False)
+    output = Location.of(s3_uri("exploit"))
+    train = read_records(output / "sft" / "train", SFTExample)
+    assert len(train) == result.datasets["sft/train"] == 6  # six faithful trials, one example each
+    assert {e.api for e in train} == {t.api for t in trials}
+    write_report(output, result.funnel, result.datasets, result.judge_errors, [])  # as jobs/exploit.py does
+    assert (output / "report.md").is_file() and (output / "funnel.png").read_bytes().startswith(b"\x89PNG")
