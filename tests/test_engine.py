@@ -105,3 +105,16 @@ def test_an_engine_the_cluster_cannot_hold_is_refused_with_what_is_missing(ray_s
         check_placement(EngineConfig(cpus_per_replica=64))
     with pytest.raises(EngineUnplaceable, match="add GPU nodes, or use --engine.gpus_per_replica 0"):
         check_placement(EngineConfig(gpus_per_replica=1))
+    # A resource only some node type offers (no node here has it, and no autoscaler watches).
+    with pytest.raises(EngineUnplaceable, match=r"1 engine_node .* the cluster has .*0 engine_node"):
+        check_placement(EngineConfig(resources_per_replica={"engine_node": 1}))
+
+
+def test_replica_resources_go_into_the_replica_placement_group():
+    from ste_ray.engine import build_llm_config
+
+    config = build_llm_config(EngineConfig(resources_per_replica={"engine_node": 1}, max_replicas=3,
+                                           upscale_delay_s=5, downscale_delay_s=20))
+    assert config.placement_group_config["bundles"] == [{"CPU": 1.0, "engine_node": 1.0}]
+    autoscaling = config.deployment_config["autoscaling_config"]
+    assert (autoscaling["max_replicas"], autoscaling["upscale_delay_s"], autoscaling["downscale_delay_s"]) == (3, 5, 20)

@@ -129,6 +129,7 @@ async def run_exploration(endpoint: Endpoint, specs: list[ToolSpec], settings: E
     before = total - sum(map(len, pending.values()))
     actor_cls = ray.remote(ExplorerActor)
     actors = [actor_cls.options(name=f"ste-explorer:{run_id}:{i}", namespace=ACTOR_NAMESPACE, num_cpus=0,
+                                resources=settings.actor_resources,
                                 max_restarts=-1, max_task_retries=2, max_concurrency=1000)
               .remote(endpoint, specs, tool_cfg, settings, 256)
               for i in range(settings.num_actors)]

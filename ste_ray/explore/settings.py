@@ -21,6 +21,8 @@ class ExploreSettings:
     max_in_flight: int = option(256, help="Episodes running at once across all APIs (bounds the load on the engine)",
                                 ge=1)
     num_actors: int = option(2, help="Exploration actors (each runs many episodes concurrently)", ge=1)
+    actor_resources: dict = option(default_factory=dict, help="Ray resources per exploration actor (they reserve no "
+                                   "CPU: they wait on HTTP), e.g. {explorer_node: 1} to keep them on that node type")
     no_exec: bool = option(False, help="Ablation: do not execute calls; the explorer is told no result is available")
     no_stm: bool = option(False, help="Ablation: one trial per episode (no short-term memory)")
     no_ltm: bool = option(False, help="Ablation: imagination prompts do not list earlier queries")
