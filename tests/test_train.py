@@ -146,7 +146,9 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_with_toolkens(ray_sess
     """A training worker is killed once the first checkpoint is stored; Ray Train restarts the workers
     from it and the run ends with every planned step. The toolkens survive in the saved tokenizer."""
     sft = write_sft(tmp_path / "sft", toolkens=True)
-    settings = TrainSettings(batch_size=2, effective_batch_size=4, epochs=2, checkpoint_every=1, max_failures=2)
+    # With gradient checkpointing: the recompute path trains (and resumes) too.
+    settings = TrainSettings(batch_size=2, effective_batch_size=4, epochs=2, checkpoint_every=1, max_failures=2,
+                             gradient_checkpointing=True)
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.update(result=run_training(sft, tmp_path / "out", settings,
                                                                                 progress=False)))

@@ -60,6 +60,10 @@ class FineTuneRecipe:
         model = AutoModelForCausalLM.from_pretrained(self.cfg["model_dir"], dtype=torch.float32)
         if self.cfg["toolkens"]:
             model.resize_token_embeddings(len(self.tokenizer))
+        if self.cfg["gradient_checkpointing"]:
+            # Each layer's activations are recomputed in the backward pass instead of kept.
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()  # with LoRA the frozen embeddings' output must carry gradients
         with tempfile.TemporaryDirectory() as restored:
             start = self.cfg["init_adapter"]
             if checkpoint is not None:
@@ -134,11 +138,18 @@ class FineTuneRecipe:
     # Training
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """The mean cross-entropy of the target tokens, and their count. Only the positions that
+        predict a target go through the output layer (``logits_to_keep``): the full logits, sequence
+        × vocabulary in float32 for the loss, were most of a worker's memory on tool-mode prompts."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
+        targets = batch["labels"][:, 1:]
+        positions = (targets != -100).any(dim=0).nonzero().squeeze(-1)  # position p predicts token p + 1
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
-            output = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                labels=batch["labels"])
-        return output.loss, int((batch["labels"][:, 1:] != -100).sum())
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                logits_to_keep=positions).logits
+        targets = targets[:, positions]
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+        return loss, int((targets != -100).sum())
 
     def _batches(self, split: str, epoch: int):
         shard = ray.train.get_dataset_shard(split)
