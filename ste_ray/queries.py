@@ -13,7 +13,8 @@ from typing import Any
 PROMPT_LINE = re.compile(r"^\s*\**(thought|action|action input|observation|final answer|api_name|description|"
                          r"user query|call|result|request)\**\s*:", re.I | re.M)
 PROMPT_PHRASES = ("write one realistic", "do not name the api", "requests already explored", "this is its documentation",
-                  "learning to use an api", "write the message the user sent")
+                  "learning to use an api", "a user asked for something", "this api call answered it",
+                  "write the user's request", "write one call of this api")
 HTTP_REQUEST = re.compile(r"^\s*(GET|POST|PUT|PATCH|DELETE)\s+\S*/", re.I)
 
 

@@ -31,7 +31,9 @@ def command(output: Path) -> list[str]:
             "--teacher.model", "embedded", "--teacher.port", str(free_port()), "--teacher.max_model_len", "2048",
             "--teacher.cpu_kv_cache_gib", "1", "--student.port", str(free_port()), "--student.max_model_len", "2048",
             "--student.cpu_kv_cache_gib", "1", "--exploit.target_per_api", "4", "--exploit.max_paraphrases", "1",
-            "--exploit.validation_share", "0", "--train.batch_size", "2", "--train.effective_batch_size", "4",
+            # 2 examples a step: the 6 trials alone (whatever paraphrases the tiny model keeps) make 3
+            # steps, so the kill below lands before the last checkpoint.
+            "--exploit.validation_share", "0", "--train.batch_size", "1", "--train.effective_batch_size", "2",
             "--train.epochs", "1", "--train.checkpoint_every", "1", "--eval.limit", "1"]
 
 
