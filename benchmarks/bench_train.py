@@ -42,7 +42,7 @@ class BenchTrainConfig:
     ray: RayConfig = option(default_factory=RayConfig, help="Ray connection")
     examples: int = option(48, help="Training examples (tool-mode prompts with five tools, as exploit writes them)", ge=8)
     steps: int = option(6, help="Optimizer steps of each variant", ge=2)
-    batch_size: int = option(2, help="Examples per worker per forward pass", ge=1)
+    batch_size: int = option(1, help="Examples per worker per forward pass (the training default)", ge=1)
     effective_batch_size: int = option(4, help="Examples per optimizer step (the same in every variant)", ge=1)
     output: str = option("results/bench_train.json", help="Where the JSON results go")
 

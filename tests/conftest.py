@@ -118,7 +118,8 @@ async def serve_app():
     runners = []
 
     async def start(app: web.Application) -> str:
-        runner = web.AppRunner(app, access_log=None)
+        # A test's hanging handler is cancelled at teardown, not waited for (aiohttp waits 60 s).
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
