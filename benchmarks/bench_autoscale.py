@@ -150,6 +150,7 @@ class Timeline:
         self.started = time.monotonic()
         self.samples: list[dict] = []
         self.events: list[tuple[float, str]] = []
+        self.failure = ""
 
     def event(self, text: str) -> None:
         self.events.append((round(time.monotonic() - self.started, 1), text))
@@ -157,7 +158,6 @@ class Timeline:
 
     def sample(self) -> dict:
         from ray import serve
-        from ray.util.state import list_actors
 
         nodes = [n for n in ray.nodes() if n["Alive"]]
         kinds = {"gpu": 0, "cpu": 0}
@@ -170,10 +170,12 @@ class Timeline:
                 if name.startswith("LLMServer"):
                     replicas += deployment.replica_states.get("RUNNING", 0)
         placed = {}
-        for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000, raise_on_missing_output=False):
+        # The GCS's actor table: the state API (ray.util.state) needs the dashboard, which this cluster runs without.
+        for actor in ray._private.state.actors(actor_state_name="ALIVE").values():
+            node_id = actor["Address"]["NodeID"]
             for cls in ("ExplorerActor", "RayTrainWorker"):
-                if cls in actor.class_name:
-                    placed.setdefault(cls, []).append("head" if actor.node_id == self.head else actor.node_id[-5:])
+                if cls in actor["ActorClassName"]:
+                    placed.setdefault(cls, []).append("head" if node_id == self.head else node_id[-5:])
         sample = {"t": round(time.monotonic() - self.started, 1), "gpu_nodes": kinds["gpu"], "cpu_nodes": kinds["cpu"],
                   "replicas": replicas, **placed}
         if not self.samples or {k: v for k, v in sample.items() if k != "t"} != \
@@ -184,13 +186,20 @@ class Timeline:
 
     async def run(self) -> None:
         while True:
-            await asyncio.to_thread(self.sample)
+            try:
+                await asyncio.to_thread(self.sample)
+            except Exception as e:  # without samples every wait below would time out: say why instead
+                self.failure = f"timeline sampling failed: {type(e).__name__}: {e}"
+                self.event(self.failure)
+                raise
             await asyncio.sleep(1.0)
 
     async def until(self, predicate, timeout_s: float, what: str) -> float:
         """Wait for a sample that satisfies ``predicate``; the seconds it took."""
         started = time.monotonic()
         while not self.samples or not predicate(self.samples[-1]):
+            if self.failure:
+                raise RuntimeError(self.failure)
             if time.monotonic() - started > timeout_s:
                 raise TimeoutError(f"not within {timeout_s:.0f}s: {what}")
             await asyncio.sleep(0.5)
@@ -214,7 +223,7 @@ async def scenes(cfg: BenchAutoscaleConfig, work: Path, timeline: Timeline) -> d
     tiny = dict(num_stm_slots=2, max_turn=2, query_max_tokens=32, turn_max_tokens=128, shard_episodes=1)
     try:
         # -- 1. engine replicas on added nodes, Serve autoscaling under exploration's load --------
-        engine_cfg = EngineConfig(port=free_port(), max_model_len=1024, cpu_kv_cache_gib=1.0,
+        engine_cfg = EngineConfig(port=free_port(), max_model_len=2048, cpu_kv_cache_gib=1.0,
                                   resources_per_replica={"fake_gpu": 1}, num_replicas=1, max_replicas=2,
                                   target_ongoing_requests=2, upscale_delay_s=2, downscale_delay_s=10)
         timeline.event("scene 1: deploying the engine (its replicas need fake_gpu: only gpu workers have it)")
@@ -253,9 +262,12 @@ async def scenes(cfg: BenchAutoscaleConfig, work: Path, timeline: Timeline) -> d
             timeline.event(f"killed node …{victim} ({killed} processes) with episodes in flight")
             result = await run
             complete, rows = all_episodes(work / "explore-2", cfg.loss_episodes)
-            timeline.event(f"exploration done: {result.episodes_done} episodes, {len(result.failures)} failed")
+            timeline.event(f"exploration done: {result.episodes_done} episodes ({result.episodes_rerun} run again "
+                           f"after their actor was lost), {len(result.failures)} failed")
             results["node_loss"] = {"processes_killed": killed, "episodes": result.episodes_done, "episode_rows": rows,
-                                    "failures": len(result.failures), "all_episodes_once": complete,
+                                    "episodes_rerun": result.episodes_rerun, "failures": len(result.failures),
+                                    "failure_reasons": sorted({f["reason"] for f in result.failures}),
+                                    "all_episodes_once": complete,
                                     "exploration_s": round(result.elapsed_s, 1)}
         timeline.event("engine removed")
 
@@ -265,7 +277,7 @@ async def scenes(cfg: BenchAutoscaleConfig, work: Path, timeline: Timeline) -> d
         sft = work / "sft"
         sft_data(sft, 8)
         train = TrainSettings(num_workers=1, resources_per_worker={"fake_gpu": 1}, max_steps=2, batch_size=1,
-                              effective_batch_size=2, checkpoint_every=1000, max_seq_len=1024)
+                              effective_batch_size=2, checkpoint_every=1000, max_seq_len=2048)
         t0 = timeline.samples[-1]["t"]
         trained = await asyncio.to_thread(run_training, sft, work / "train", train, False)
         on_workers = {n for s in timeline.samples if s["t"] >= t0 for n in s.get("RayTrainWorker", [])}
@@ -301,7 +313,7 @@ def main() -> None:
     error = None
     timeline = None
     try:
-        ray.init(address=gcs, logging_level="WARNING")
+        ray.init(address=gcs, logging_level="WARNING", log_to_driver=False)  # the timeline is the output
         timeline = Timeline(ray.get_runtime_context().get_node_id())  # the only node yet: the head
         results = asyncio.run(scenes(cfg, work, timeline))
     except Exception as e:  # the checks below say what did not happen; the timeline shows where

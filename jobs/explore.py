@@ -79,12 +79,14 @@ def main() -> None:
                           f"at {endpoint.base_url}")
             result = asyncio.run(run_exploration(endpoint, specs, cfg.explore, tool_calls, output, run_id))
         update_manifest(output, {"status": "finished", "finished": now(), "episodes_done": result.episodes_done,
-                                 "episodes_before": result.episodes_before, "failures": result.failures})
+                                 "episodes_before": result.episodes_before, "episodes_rerun": result.episodes_rerun,
+                                 "failures": result.failures})
         console.print()
         console.print(format_table(SUMMARY_HEADERS, result.per_api))
         console.print(f"\n{result.episodes_done} episodes in {result.elapsed_s:.0f}s "
                       f"({result.completion_tokens / max(result.elapsed_s, 1e-9):.0f} output tok/s)"
                       + (f", {result.episodes_before} from an earlier run" if result.episodes_before else "")
+                      + (f", {result.episodes_rerun} run again after their actor was lost" if result.episodes_rerun else "")
                       + f"; failed for good: {len(result.failures)}")
         for failure in result.failures:
             console.print(f"  failed {failure['api']} {failure['episode_id']}: {failure['reason']}")

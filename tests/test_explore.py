@@ -223,3 +223,53 @@ def test_shards_count_a_trial_only_with_its_runs_episode_row(tmp_path):
     trials = finished_trials(tmp_path).to_pylist()
     assert sorted(t["query"] for t in trials) == ["query 0 of run1", "query 1 of run1", "query 2 of run2"]
     assert summarize(tmp_path) == [["add_date", 3, 3, 0, 0, 0, "3/3"]]
+
+
+class LosingActor:
+    """Stands in for an exploration actor (control flow only): the first call of each listed episode
+    fails as a call to an actor whose node died does; every other call returns a marker."""
+
+    def __init__(self, lose: set[str], error: BaseException):
+        self.lose, self.error, self.calls = set(lose), error, []
+        self.run = self  # actor.run.remote(task)
+
+    def remote(self, task):
+        self.calls.append(task.episode_id)
+
+        async def result():
+            if task.episode_id in self.lose:
+                self.lose.discard(task.episode_id)
+                raise self.error
+            return task.episode_id
+        return result()
+
+
+async def test_an_episode_whose_actor_was_lost_runs_again_and_other_failures_are_reported(monkeypatch):
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+    from ste_ray.explore import scheduler as scheduler_module
+    from ste_ray.explore.scheduler import Scheduler
+
+    monkeypatch.setattr(scheduler_module, "RERUN_BACKOFF_S", (0.01, 0.02))
+    settings = ExploreSettings(num_episodes=3, episodes_in_flight=2, max_in_flight=4)
+    lost = episode_id("a", 1)
+    actor = LosingActor({lost}, ActorDiedError())
+    scheduler = Scheduler([actor], "r", {"a": [0, 1, 2]}, {}, settings)
+    finished = [f async for f in scheduler.run()]
+    assert sorted(f.result for f in finished) == sorted(episode_id("a", i) for i in range(3))  # none lost, none twice
+    assert actor.calls.count(lost) == 2 and scheduler.reruns == {lost: 1}
+
+    class Broken(LosingActor):  # its node never comes back: reported once the rerun window is over
+        def remote(self, task):
+            self.lose.add(task.episode_id)
+            return super().remote(task)
+
+    monkeypatch.setattr(scheduler_module, "RERUN_WITHIN_S", 0.2)
+    always = Broken(set(), ActorUnavailableError("temporarily unavailable", b"0" * 16))
+    finished = [f async for f in Scheduler([always], "r", {"a": [0]}, {}, settings).run()]
+    assert len(finished) == 1 and isinstance(finished[0].error, ActorUnavailableError)
+    assert always.calls.count(episode_id("a", 0)) >= 5  # tried again and again, with backoff, for 0.2 s
+
+    other = LosingActor({episode_id("a", 0)}, ValueError("bad tool spec"))  # not a lost actor: reported at once
+    finished = [f async for f in Scheduler([other], "r", {"a": [0]}, {}, settings).run()]
+    assert isinstance(finished[0].error, ValueError) and other.calls == [episode_id("a", 0)]

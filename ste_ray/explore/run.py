@@ -73,6 +73,7 @@ class ExplorationResult:
     elapsed_s: float
     completion_tokens: int
     per_api: list[list[Any]]  # rows of the closing table
+    episodes_rerun: int = 0  # started again after their actor was lost (see scheduler.py)
 
 
 def check_output(output: str | Path | Location, resume: bool) -> None:
@@ -139,8 +140,8 @@ async def run_exploration(endpoint: Endpoint, specs: list[ToolSpec], settings: E
     failures_file = output / "failures.jsonl"
     earlier_failures = failures_file.read_text() if failures_file.exists() else ""
     done = tokens = calls = judged = successes = 0
+    scheduler = Scheduler(actors, run_id, pending, memory, settings)
     try:
-        scheduler = Scheduler(actors, run_id, pending, memory, settings)
         async for finished_episode in scheduler.run():
             task, result = finished_episode.task, finished_episode.result
             if result is None:
@@ -168,4 +169,5 @@ async def run_exploration(endpoint: Endpoint, specs: list[ToolSpec], settings: E
         await asyncio.wait([asyncio.ensure_future(actor.close.remote()) for actor in actors], timeout=10)
         for actor in actors:
             ray.kill(actor)
-    return ExplorationResult(output, done, before, failures, time.perf_counter() - started, tokens, summarize(output))
+    return ExplorationResult(output, done, before, failures, time.perf_counter() - started, tokens, summarize(output),
+                             sum(scheduler.reruns.values()))

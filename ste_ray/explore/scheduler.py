@@ -4,18 +4,30 @@ Rules: every API is explored at once; within one API at most ``episodes_in_fligh
 together, and each starts with the long-term memory of every episode of its API finished before
 it (rolling: a new one starts as soon as one finishes, with no wave barrier); across all APIs at
 most ``max_in_flight`` run; a new episode goes to the actor with the fewest in flight. An episode
-whose actor fails for good (after Ray's own retries) is reported, not retried here.
+whose actor was lost (its process or its node died) is started again on the restarted actor, with
+backoff, for up to ``RERUN_WITHIN_S`` after the first loss: until Ray notices a dead node (seconds)
+and the autoscaler replaces it (minutes on a cloud), calls to the actor fail at once as
+"temporarily unavailable". The lost attempt wrote nothing, so nothing is duplicated. Any other
+failure of an episode is reported, not retried.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections import deque
 from typing import AsyncIterator
 
+from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
+
 from ste_ray.explore.episode import EpisodeResult, EpisodeTask, MemoryEntry
 from ste_ray.explore.settings import ExploreSettings
+from ste_ray.retry import backoff_delay
+
+ACTOR_LOST = (RayActorError, NodeDiedError, WorkerCrashedError)
+RERUN_WITHIN_S = 600.0  # an episode whose actor is still lost this long after its first loss is reported
+RERUN_BACKOFF_S = (0.5, 15.0)  # first and longest wait before starting it again
 
 
 @dataclasses.dataclass
@@ -40,16 +52,25 @@ class Scheduler:
         # driver never scans every API when one episode finishes (ToolBench has 16,000 of them).
         self.ready = deque(api for api, indices in self.pending.items() if indices)
         self.is_ready = set(self.ready)
+        self.reruns: dict[str, int] = {}  # episode id -> times it was started again after its actor was lost
+        self.first_lost: dict[str, float] = {}  # episode id -> when its actor was first lost
 
     def _can_start(self, api: str) -> bool:
         return bool(self.pending[api]) and self.in_flight_per_api[api] < self.settings.episodes_in_flight
 
     def _start(self, api: str) -> None:
         task = EpisodeTask(self.run_id, api, self.pending[api].popleft(), list(self.memory.get(api, [])))
-        actor_index = min(range(len(self.actors)), key=self.in_flight_per_actor.__getitem__)
+        self._submit(task, min(range(len(self.actors)), key=self.in_flight_per_actor.__getitem__))
+
+    def _submit(self, task: EpisodeTask, actor_index: int, delay_s: float = 0.0) -> None:
         self.in_flight_per_actor[actor_index] += 1
-        self.in_flight_per_api[api] += 1
-        self.running[asyncio.ensure_future(self.actors[actor_index].run.remote(task))] = (task, actor_index)
+        self.in_flight_per_api[task.api] += 1
+        self.running[asyncio.ensure_future(self._run_on(actor_index, task, delay_s))] = (task, actor_index)
+
+    async def _run_on(self, actor_index: int, task: EpisodeTask, delay_s: float) -> EpisodeResult:
+        if delay_s:
+            await asyncio.sleep(delay_s)  # backoff: Ray gives no event for an actor that is back
+        return await self.actors[actor_index].run.remote(task)
 
     def _fill(self) -> None:
         """Start episodes, one API at a time in turn, while the global cap allows."""
@@ -73,14 +94,25 @@ class Scheduler:
                 self.in_flight_per_api[task.api] -= 1
                 try:
                     finished = Finished(task, future.result(), None)
+                except ACTOR_LOST as e:
+                    first = self.first_lost.setdefault(task.episode_id, time.monotonic())
+                    if time.monotonic() - first < RERUN_WITHIN_S:
+                        attempt = self.reruns.get(task.episode_id, 0)
+                        self.reruns[task.episode_id] = attempt + 1
+                        self._submit(task, actor_index, backoff_delay(attempt, *RERUN_BACKOFF_S))
+                        continue
+                    finished = Finished(task, None, e)
                 except Exception as e:  # after Ray's own retries: this episode failed for good
                     finished = Finished(task, None, e)
                 yield finished
-                if self._can_start(task.api) and task.api not in self.is_ready:
-                    # Its own API first: the next episode starts with the memory just recorded.
-                    self.ready.appendleft(task.api)
-                    self.is_ready.add(task.api)
+                self._mark_ready(task.api)
                 self._fill()
+
+    def _mark_ready(self, api: str) -> None:
+        if self._can_start(api) and api not in self.is_ready:
+            # Its own API first: the next episode starts with the memory just recorded.
+            self.ready.appendleft(api)
+            self.is_ready.add(api)
 
     def remember(self, api: str, entries: list[MemoryEntry]) -> None:
         self.memory.setdefault(api, []).extend(entries)
