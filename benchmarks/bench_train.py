@@ -1,8 +1,9 @@
 """Benchmark of the training stage, in one run on the same data, model, sequence lengths and steps:
 
   (a) a plain single-process PyTorch loop (the same LoRA model, collation, bf16 autocast, AdamW);
-  (b) Ray Train with 1 worker (ste-ray's recipe: Ray Data shard, per-step report);
-  (c) Ray Train with 2 workers (DDP over gloo);
+  (b) Ray Train with 1 worker (ste-ray's recipe: Ray Data shard, per-step report), given every core
+      as (a) has them: Ray sets a worker's OMP_NUM_THREADS to its CPU slots, 1 by default;
+  (c) Ray Train with 2 workers of 1 CPU slot each, the default (DDP over gloo);
   and the peak memory of one worker for LoRA and for full fine-tuning.
 
 Tokens/s is the mean over the steps after the first (the warm-up). Goals: (b) ÷ (a) ≥ 0.95.
@@ -12,6 +13,7 @@ Tokens/s is the mean over the steps after the first (the warm-up). Goals: (b) ÷
 
 import dataclasses
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -117,7 +119,7 @@ def main() -> None:
         print("(a) plain PyTorch loop, one process ...", flush=True)
         plain = plain_loop(examples, base, cfg.steps)
         print("(b) Ray Train, 1 worker ...", flush=True)
-        one = ray_train(sft, dataclasses.replace(base, num_workers=1), cfg.steps)
+        one = ray_train(sft, dataclasses.replace(base, num_workers=1, cpus_per_worker=float(os.cpu_count())), cfg.steps)
         print("(c) Ray Train, 2 workers ...", flush=True)
         two = ray_train(sft, dataclasses.replace(base, num_workers=2), cfg.steps)
         print("full fine-tuning, 1 worker (memory) ...", flush=True)
