@@ -44,6 +44,15 @@ def query_problem(query: str, description: str, min_words: int = 3, max_chars: i
     return None
 
 
+def leaves(value: Any) -> list[Any]:
+    """The scalars inside a JSON value, in order."""
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in leaves(v)]
+    if isinstance(value, list):
+        return [x for v in value for x in leaves(v)]
+    return [value]
+
+
 def call_values(arguments: dict[str, Any] | str) -> list[str]:
     """The string and number values of a call's arguments, as text."""
     if isinstance(arguments, str):
@@ -51,13 +60,6 @@ def call_values(arguments: dict[str, Any] | str) -> list[str]:
             arguments = json.loads(arguments)
         except (json.JSONDecodeError, TypeError):
             return []
-
-    def leaves(value: Any) -> list[Any]:
-        if isinstance(value, dict):
-            return [x for v in value.values() for x in leaves(v)]
-        if isinstance(value, list):
-            return [x for v in value for x in leaves(v)]
-        return [value]
 
     return [str(v) for v in leaves(arguments) if isinstance(v, (str, int, float)) and not isinstance(v, bool)]
 

@@ -61,15 +61,21 @@ def start_head(temp_dir: str, log_path: Path, *flags: str, env: dict[str, str] |
     return head
 
 
+def stop_group(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 15) -> None:
+    """Stop a process started with ``start_new_session`` and everything in its process group: ``sig``
+    first, SIGKILL if it has not ended within ``timeout_s``."""
+    os.killpg(process.pid, sig)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def stop_head(head: subprocess.Popen) -> None:
     """Kill every process of a cluster started by ``start_head`` (they share its process group);
     never `ray stop`, which stops every Ray cluster on the host."""
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(15)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait()
+    stop_group(head)
 
 
 @pytest.fixture(scope="session")

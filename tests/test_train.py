@@ -20,6 +20,7 @@ from ste_ray.schema import SFTExample, write_records
 from ste_ray.train import TrainInputError, TrainSettings, run_training
 from ste_ray.train.data import IGNORE, tokenize_chat
 from ste_ray.train.run import check_model, check_workers, find_rounds
+from tests.conftest import stop_group
 from tests.exploration_data import faithful_trials
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,9 +221,5 @@ def test_the_served_model_answers_through_the_openai_api_behind_a_key(trained, t
         assert tuned != base and tuned.startswith("Action: add_date\nAction Input: {")
         assert (trained / "merged" / "config.json").is_file()  # served merged (see ste_ray/serve)
     finally:
-        os.killpg(server.pid, signal.SIGINT)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_group(server, signal.SIGINT, timeout_s=60)
         log.close()
