@@ -6,7 +6,8 @@ Writes are atomic on every filesystem: locally a temporary name then a rename; o
 object appears only when its upload completes, so it is written under its final name (a rename
 there is a copy). S3 options ride in the URI as pyarrow reads them, e.g.
 ``s3://bucket/runs/x?endpoint_override=minio:9000&scheme=http`` for an S3-compatible server;
-credentials come from the usual environment variables or instance role, never the URI."""
+credentials come from the usual environment variables or instance role, or from the URI
+(``s3://KEY:SECRET@bucket/...``), which ``str()`` never shows."""
 
 from __future__ import annotations
 
