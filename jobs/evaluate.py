@@ -25,7 +25,7 @@ from ste_ray.evaluate.chart import bar_chart
 from ste_ray.evaluate.test_sets import FORMATS, TestSetError, load_test_set, run_test_set
 from ste_ray.model import ModelNotFoundError, resolve_model
 from ste_ray.report import format_table, markdown_table
-from ste_ray.runs import OutputError, prepare_output
+from ste_ray.runs import OutputError, log_file, prepare_location
 from ste_ray.runtime import JobError, RayConfig, job_console, ray_cluster, run_job
 from ste_ray.tools.sources import ToolSource, select_tools
 from ste_ray.tools.spec import ToolSpecError
@@ -116,8 +116,8 @@ def run_test_set_job(cfg: EvaluateConfig) -> None:
     """A user's test set (see ste_ray/evaluate/test_sets.py), checked whole before any request."""
     loaded, _ = select_tools(cfg.tools, []) if cfg.tools else ([], {})
     cases = load_test_set(Path(cfg.test_set), {t.name: t for t in loaded})
-    output = prepare_output(cfg.output)
-    with job_console(output / "logs" / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}.log", cfg.verbose) as console:
+    output = prepare_location(cfg.output)
+    with job_console(log_file(output, "evaluate"), cfg.verbose) as console:
         with contextlib.ExitStack() as stack:
             if cfg.engine.mode == "start":
                 stack.enter_context(ray_cluster(cfg.ray))
@@ -162,9 +162,9 @@ def main() -> None:
         batches = load_batches(cfg)
     except (ValueError, FileNotFoundError) as e:
         raise JobError(str(e)) from None
-    output = prepare_output(cfg.output)
+    output = prepare_location(cfg.output)
     started = time.perf_counter()
-    with job_console(output / "logs" / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}.log", cfg.verbose) as console:
+    with job_console(log_file(output, "evaluate"), cfg.verbose) as console:
         with endpoints(cfg, need_model=True) as (model, judge_endpoint):
             console.print(f"evaluating {model.model} at {model.base_url}: {', '.join(cfg.eval.settings)}")
             local = resolve_model(cfg.engine.model, cfg.engine.cache_dir or None) if cfg.engine.mode == "start" else cfg.engine.model

@@ -10,9 +10,7 @@ against the explorer endpoint, written to Parquet as they finish.
 import asyncio
 import dataclasses
 import json
-import time
 import uuid
-from pathlib import Path
 from typing import ClassVar
 
 from ste_ray.client import LLMError
@@ -21,7 +19,7 @@ from ste_ray.engine import EngineConfig, EngineUnplaceable, endpoint_aliases, mo
 from ste_ray.explore import SUMMARY_HEADERS, ExploreSettings, check_output, run_exploration
 from ste_ray.model import ModelNotFoundError
 from ste_ray.report import format_table
-from ste_ray.runs import OutputError, now, package_versions, prepare_location, tool_specs_hash, update_manifest
+from ste_ray.runs import OutputError, log_file, now, package_versions, prepare_location, tool_specs_hash, update_manifest
 from ste_ray.runtime import RayConfig, job_console, ray_cluster, run_job
 from ste_ray.tools.calls import ToolCallConfig
 from ste_ray.tools.sources import ToolSource, select_tools
@@ -66,8 +64,7 @@ def main() -> None:
     output = prepare_location(cfg.output)
     check_output(output, cfg.resume)
     run_id = uuid.uuid4().hex[:12]
-    logs = output.local_path / "logs" if output.is_local else Path("logs").resolve()
-    with job_console(logs / f"explore-{time.strftime('%Y%m%d-%H%M%S')}.log", cfg.verbose) as console:
+    with job_console(log_file(output, "explore"), cfg.verbose) as console:
         with ray_cluster(cfg.ray), model_endpoint(cfg.engine) as endpoint:
             (output / "tools.json").write_text(json.dumps([s.record() for s in specs], indent=1, ensure_ascii=False))
             update_manifest(output, {

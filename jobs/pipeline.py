@@ -9,7 +9,6 @@ own directory under --output; a stage already complete is skipped, so a rerun co
 import dataclasses
 import json
 import time
-from pathlib import Path
 from typing import ClassVar
 
 from ste_ray.client import LLMError
@@ -21,7 +20,7 @@ from ste_ray.explore import ExploreSettings
 from ste_ray.model import ModelNotFoundError
 from ste_ray.pipeline import Pipeline, PipelineSettings
 from ste_ray.report import format_table
-from ste_ray.runs import OutputError, now, package_versions, prepare_output, update_manifest
+from ste_ray.runs import OutputError, log_file, now, package_versions, prepare_location, update_manifest
 from ste_ray.runtime import RayConfig, job_console, ray_cluster, run_job
 from ste_ray.tools.calls import ToolCallConfig
 from ste_ray.tools.spec import ToolSpecError
@@ -48,7 +47,8 @@ class PipelineConfig:
     exploit: ExploitSettings = option(default_factory=ExploitSettings, help="Exploitation")
     train: TrainSettings = option(default_factory=TrainSettings, help="Fine-tuning of the student")
     eval: EvalSettings = option(default_factory=lambda: EvalSettings(max_in_flight=16), help="The measurement")
-    output: str = option("outputs/pipeline", help="Output directory: one directory per stage, report.md, outcome.png")
+    output: str = option("outputs/pipeline", help="Output directory or filesystem URI (s3://...): one directory per "
+                                                  "stage, report.md, outcome.png")
     verbose: bool = option(False, help="Show Ray's and vLLM's logs live instead of writing them to the log file")
 
     aliases: ClassVar = (Alias("from", "Shorthand for --pipeline.from_stage", {"pipeline.from_stage": "{}"}),
@@ -57,9 +57,9 @@ class PipelineConfig:
 
 def main() -> None:
     cfg = job_config(PipelineConfig)
-    output = prepare_output(cfg.output)
+    output = prepare_location(cfg.output)
     started = time.perf_counter()
-    with job_console(output / "logs" / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}.log", cfg.verbose) as console:
+    with job_console(log_file(output, "pipeline"), cfg.verbose) as console:
         with ray_cluster(cfg.ray):
             update_manifest(output, {"status": "running", "started": now(), "config": to_dict(cfg),
                                      "packages": package_versions()})

@@ -8,14 +8,13 @@ resumable).
 
 import dataclasses
 import json
-import time
-from pathlib import Path
 
 from ste_ray.config import job_config, option, to_dict
 from ste_ray.model import ModelNotFoundError
 from ste_ray.report import format_table
-from ste_ray.runs import OutputError, now, package_versions, prepare_output, read_manifest, update_manifest
+from ste_ray.runs import OutputError, log_file, now, package_versions, prepare_location, read_manifest, update_manifest
 from ste_ray.runtime import RayConfig, job_console, ray_cluster, run_job
+from ste_ray.storage import Location
 from ste_ray.train import TrainInputError, TrainSettings, loss_chart, run_training
 
 
@@ -25,28 +24,29 @@ class TrainConfig:
 
     ray: RayConfig = option(default_factory=RayConfig, help="Ray connection")
     train: TrainSettings = option(default_factory=TrainSettings, help="Training")
-    input: str = option("outputs/exploit/sft", help="The SFT data: exploit's sft/ directory")
-    output: str = option("outputs/train", help="Output directory (adapter/ or model/, merged/, metrics.json, loss.png, "
-                                               "ray_train/ checkpoints, logs/)")
+    input: str = option("outputs/exploit/sft", help="The SFT data: exploit's sft/ directory (or its s3:// URI)")
+    output: str = option("outputs/train", help="Output directory or filesystem URI (adapter/ or model/, merged/, "
+                                               "metrics.json, loss.png, ray_train/ checkpoints, logs/)")
     verbose: bool = option(False, help="Show Ray's logs live instead of writing them to the log file")
 
 
 def main() -> None:
     cfg = job_config(TrainConfig)
-    output = prepare_output(cfg.output)
+    output = prepare_location(cfg.output)
+    sft = Location.of(cfg.input)
     settings = to_dict(cfg.train)
     manifest = read_manifest(output)
     if manifest.get("status") == "finished" and manifest.get("settings") == settings \
-            and manifest.get("input") == str(Path(cfg.input).resolve()):
+            and manifest.get("input") == str(sft):
         print(f"{output} already holds this finished run ({manifest['steps']} steps); nothing to do")
         return
-    with job_console(output / "logs" / f"train-{time.strftime('%Y%m%d-%H%M%S')}.log", cfg.verbose) as console:
+    with job_console(log_file(output, "train"), cfg.verbose) as console:
         with ray_cluster(cfg.ray):
-            update_manifest(output, {"status": "running", "started": now(), "input": str(Path(cfg.input).resolve()),
+            update_manifest(output, {"status": "running", "started": now(), "input": str(sft),
                                      "settings": settings, "packages": package_versions()})
-            console.print(f"training {cfg.train.model} ({cfg.train.method}) on {cfg.input} with "
+            console.print(f"training {cfg.train.model} ({cfg.train.method}) on {sft} with "
                           f"{cfg.train.num_workers} workers")
-            result = run_training(Path(cfg.input).resolve(), output, cfg.train)
+            result = run_training(sft, output, cfg.train)
         history = result.history
         (output / "metrics.json").write_text(json.dumps({"history": history, "examples": result.examples,
                                                          "dropped_too_long": result.dropped_too_long,

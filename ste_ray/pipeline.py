@@ -34,6 +34,7 @@ from ste_ray.model import resolve_model
 from ste_ray.report import markdown_table
 from ste_ray.runs import atomic_write_text, now, package_versions, read_manifest, tool_specs_hash, update_manifest
 from ste_ray.serve import ServeSettings, serve_models
+from ste_ray.storage import Location
 from ste_ray.tools.calls import ToolCallConfig
 from ste_ray.tools.sources import ToolSource, select_tools
 from ste_ray.train import TrainSettings, loss_chart, run_training
@@ -68,14 +69,14 @@ class StageRun:
     wall_s: float
 
 
-def done(directory: Path) -> bool:
+def done(directory: Location) -> bool:
     return read_manifest(directory).get("status") == "finished"
 
 
 class Pipeline:
     """The stages, in order; ``run`` executes those not done yet."""
 
-    def __init__(self, output: Path, settings: PipelineSettings, teacher: EngineConfig, student: EngineConfig,
+    def __init__(self, output: Location, settings: PipelineSettings, teacher: EngineConfig, student: EngineConfig,
                  explore: ExploreSettings, tool_calls: ToolCallConfig, exploit: ExploitSettings, train: TrainSettings,
                  evaluation: EvalSettings, say: Callable[[str], None]):
         self.output, self.settings = output, settings
@@ -100,7 +101,7 @@ class Pipeline:
             return
         started = time.perf_counter()
         self.say(f"{stage}: running")
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir()
         work()
         self.runs.append(StageRun(stage, False, time.perf_counter() - started))
         update_manifest(self.output, {"stages": {r.name: {"skipped": r.skipped, "wall_s": round(r.wall_s, 1)}
@@ -157,14 +158,13 @@ class Pipeline:
 
     def benchmark(self, endpoint: Endpoint, settings: list[str], model_dir: str | None, limit: int = 0) -> list:
         cfg = dataclasses.replace(self.evaluation, settings=settings, apis=[s.name for s in self.specs],
-                                  limit=limit or self.evaluation.limit, demo_pool=str(self.dirs["exploit"]))
+                                  limit=limit or self.evaluation.limit, demo_pool=self.dirs["exploit"].uri())
         return asyncio.run(run_benchmark(endpoint, cfg, self.student.max_model_len, model_dir, "none"))
 
     def evaluate_teacher(self, teacher: Endpoint) -> None:
         self.say(f"teacher: measured on {self.settings.teacher_eval_limit} queries per API")
         started = time.perf_counter()
         (result,) = self.benchmark(teacher, ["top5"], resolve_model(self.teacher.model), self.settings.teacher_eval_limit)
-        self.dirs["evaluate"].mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.dirs["evaluate"] / "teacher.json", json.dumps(
             {"model": self.teacher.model, "setting": result.setting, **result.scored.metrics,
              "wall_s": round(time.perf_counter() - started, 1)}, indent=1))
@@ -175,7 +175,7 @@ class Pipeline:
         from ray import serve
 
         served = serve_models(self.student, ServeSettings(models={"base": self.train_settings.model,
-                                                                   "tuned": str(self.dirs["train"])}))
+                                                                   "tuned": self.dirs["train"].uri()}))
         try:
             self.evaluate(served)
         finally:
@@ -188,7 +188,6 @@ class Pipeline:
             endpoint = Endpoint(served.base_url, name, served.api_key)
             for r in self.benchmark(endpoint, settings, resolve_model(self.train_settings.model)):
                 rows[f"{name} {r.setting}"] = {**r.scored.metrics, "wall_s": round(r.elapsed_s, 1)}
-                (output / "predictions").mkdir(parents=True, exist_ok=True)
                 (output / "predictions" / f"{name}-{r.setting}.json").write_text(json.dumps(r.predictions))
         if self.settings.test_set:
             cases = load_test_set(Path(self.settings.test_set), {s.name: s for s in self.specs})
@@ -202,7 +201,7 @@ class Pipeline:
         atomic_write_text(output / "metrics.json", json.dumps(rows, indent=1))
         update_manifest(output, {"status": "finished", "finished": now()})
 
-    async def test_set(self, endpoint: Endpoint, cases: list, output: Path) -> dict[str, Any]:
+    async def test_set(self, endpoint: Endpoint, cases: list, output: Location) -> dict[str, Any]:
         async with endpoint.client(max_concurrency=self.evaluation.max_in_flight) as client:
             return await run_test_set(client, cases, ["react", "react+constrained"], self.evaluation.max_tokens, output)
 

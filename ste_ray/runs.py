@@ -36,13 +36,10 @@ def prepare_location(output: str | Path | Location) -> Location:
     return location
 
 
-def prepare_output(output: str | Path) -> Path:
-    """A local output directory (or a shared mount), for the stages that hand their files to
-    processes that read local paths (training checkpoints, adapters for the engine)."""
-    if "://" in str(output):
-        raise OutputError(f"output: {output} is a URI; this stage writes to a local directory or a shared mount "
-                          "(only explore and exploit write to object storage, see the README)")
-    return prepare_location(output).local_path
+def log_file(output: Location, job: str) -> Path:
+    """Where a job's log goes: ``<output>/logs/`` for a local output, ``./logs/`` for a URI."""
+    logs = output.local_path / "logs" if output.is_local else Path("logs").resolve()
+    return logs / f"{job}-{time.strftime('%Y%m%d-%H%M%S')}.log"
 
 
 def atomic_write_text(path: str | Path | Location, text: str) -> None:

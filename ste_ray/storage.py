@@ -12,13 +12,17 @@ credentials come from the usual environment variables or instance role, or from 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from ste_ray.model import cache_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +63,9 @@ class Location:
     def __truediv__(self, name: str) -> Location:
         return dataclasses.replace(self, path=f"{self.path.rstrip('/')}/{name}")
 
+    def __repr__(self) -> str:
+        return f"Location({str(self)!r})"  # not the base URI: it may carry keys
+
     def __str__(self) -> str:
         if self.is_local:
             return self.path
@@ -70,7 +77,28 @@ class Location:
         if self.is_local:
             return self.path
         parts = urlsplit(self.base_uri)
-        return f"{parts.scheme}://{self.path}" + (f"?{parts.query}" if parts.query else "")
+        userinfo = parts.netloc.rpartition("@")[0]
+        return f"{parts.scheme}://" + (f"{userinfo}@" if userinfo else "") + self.path \
+            + (f"?{parts.query}" if parts.query else "")
+
+    def object_store_source(self) -> tuple[str, dict[str, str]]:
+        """This location as Ray Serve LLM downloads a model from object storage: the plain URI, and
+        the environment its replicas need for what pyarrow took from the URI (an S3-compatible
+        endpoint, keys, region). Ray reads the endpoint and keys only from the environment."""
+        parts = urlsplit(self.base_uri)
+        if parts.scheme not in ("s3", "gs", "abfss", "azure"):
+            raise ValueError(f"{self}: Ray Serve loads models only from s3://, gs:// or azure:// (or a local path)")
+        env: dict[str, str] = {}
+        if parts.scheme == "s3":
+            options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+            if "endpoint_override" in options:
+                endpoint = options["endpoint_override"]
+                env["AWS_ENDPOINT_URL_S3"] = endpoint if "://" in endpoint else f"{options.get('scheme', 'https')}://{endpoint}"
+            if "region" in options:
+                env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = options["region"]
+            if parts.username:
+                env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"] = unquote(parts.username), unquote(parts.password or "")
+        return f"{parts.scheme}://{self.path}", env
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -85,6 +113,14 @@ class Location:
 
     def is_file(self) -> bool:
         return self._type() == pafs.FileType.File
+
+    def subdirs(self) -> list[Location]:
+        """The directories directly in this one, sorted by name."""
+        if not self.is_dir():
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path))
+        return [dataclasses.replace(self, path=i.path) for i in sorted(infos, key=lambda i: i.path)
+                if i.type == pafs.FileType.Directory]
 
     def files(self, suffix: str = ".parquet") -> list[Location]:
         """The files directly in this directory whose names end in ``suffix`` (not hidden ones:
@@ -131,6 +167,12 @@ class Location:
         """Write a file so that a reader sees the old content or the new, never half of it."""
         self.write_bytes(text.encode("utf-8"))
 
+    def write_figure(self, figure) -> None:
+        """A matplotlib figure as PNG (matplotlib itself writes only local files)."""
+        image = io.BytesIO()
+        figure.savefig(image, format="png", dpi=110)
+        self.write_bytes(image.getvalue())
+
     def write_table(self, table: pa.Table) -> None:
         """One Parquet file, atomically."""
         self._atomic(lambda path: pq.write_table(table, path, filesystem=self.fs))
@@ -140,3 +182,34 @@ class Location:
 
     def read_schema(self) -> pa.Schema:
         return pq.read_schema(self.path, filesystem=self.fs)
+
+    def num_rows(self) -> int:
+        """Rows of a Parquet file, from its footer."""
+        return pq.read_metadata(self.path, filesystem=self.fs).num_rows
+
+    # -- whole directories, for the libraries that read and write only local files ----------
+
+    def staging_dir(self, purpose: str) -> Path:
+        """A local directory that stands for this location: the location itself when local, else a
+        directory in the local cache ($STE_RAY_CACHE or ~/.cache/ste-ray; the same one for the same
+        URI, so a rerun finds it)."""
+        if self.is_local:
+            return self.local_path
+        key = hashlib.sha256(self.uri().encode()).hexdigest()[:16]
+        return cache_dir() / purpose / key
+
+    def upload(self, local: Path) -> None:
+        """Copy the local directory ``local`` here (files under the same relative names); nothing to
+        do when this location is that directory."""
+        if self.is_local and self.local_path == local.resolve():
+            return
+        self.mkdir()
+        pafs.copy_files(str(local.resolve()), self.path, source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=self.fs)
+
+    def download(self, local: Path) -> Path:
+        """This directory's files copied into ``local``; returns ``local``."""
+        local.mkdir(parents=True, exist_ok=True)
+        pafs.copy_files(self.path, str(local.resolve()), source_filesystem=self.fs,
+                        destination_filesystem=pafs.LocalFileSystem())
+        return local

@@ -102,6 +102,22 @@ def ray_session(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def s3_uri():
+    """A function from a prefix to an s3:// URI on moto's S3-compatible server on loopback (a real
+    HTTP server speaking the S3 API, reached by pyarrow's own S3 client: the code path a cluster takes
+    to real S3, with only the endpoint changed in the URI). The bucket is made on first write."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    # Credentials in the URI (user:password@): Ray Data's workers read with the filesystem object, which carries them.
+    options = f"endpoint_override={host}:{port}&scheme=http&region=us-east-1&allow_bucket_creation=true"
+    yield lambda prefix: f"s3://key:secret@ste-ray/{prefix}?{options}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def engine_config() -> EngineConfig:
     return EngineConfig(port=free_port(), max_model_len=1024, cpu_kv_cache_gib=1.0,
                         cache_dir=os.environ.get("STE_RAY_CACHE", ""))

@@ -3,7 +3,6 @@ outputs from them, retrieval on a hand-checked case, and the runner against the 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys

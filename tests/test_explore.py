@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import json
 import uuid
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -199,7 +198,7 @@ def test_shards_count_a_trial_only_with_its_runs_episode_row(tmp_path):
     that resumes writes the episode again: its trials count once, the orphans never."""
     from ste_ray.explore.episode import EpisodeResult
     from ste_ray.explore.run import ShardWriter, load_progress, summarize
-    from ste_ray.schema import Step, finished_trials, write_records
+    from ste_ray.schema import finished_trials, write_records
     from tests.exploration_data import trial
 
     def result(index: int, run_id: str) -> EpisodeResult:

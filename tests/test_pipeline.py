@@ -1,7 +1,8 @@
 """The pipeline job end to end on the real engine, tiny settings (the embedded model stands in for the
-teacher): a finished stage is skipped, a pipeline killed during training continues from the training
-checkpoint when run again, the served fine-tuned model is measured beside its base model, and a third
-run has nothing left to do."""
+teacher), with its output on object storage (moto's S3 server, see conftest.py): a finished stage is
+skipped, a pipeline killed during training continues from the training checkpoint on S3 when run
+again, the fine-tuned model is served from S3 (each replica downloads it) and measured beside its base
+model, and a third run has nothing left to do. The stages on a local directory: their own tests."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import signal
 import subprocess
 import sys
 import time
+import shutil
 from pathlib import Path
 
 import psutil
 import pytest
 
 from ste_ray.runs import update_manifest
+from ste_ray.storage import Location
 from tests.conftest import free_port
 from tests.exploration_data import CALLS, faithful_trials, write_exploration
 
@@ -24,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.engine
 
 
-def command(output: Path) -> list[str]:
+def command(output: Location) -> list[str]:
     apis = sorted({api for api, *_ in CALLS})
-    return [sys.executable, "jobs/pipeline.py", "--output", str(output), "--ray.include_dashboard", "false",
+    return [sys.executable, str(ROOT / "jobs" / "pipeline.py"), "--output", output.uri(), "--ray.include_dashboard", "false",
             "--pipeline.apis", json.dumps(apis), "--pipeline.teacher_eval_limit", "1",
             "--teacher.model", "embedded", "--teacher.port", str(free_port()), "--teacher.max_model_len", "2048",
             "--teacher.cpu_kv_cache_gib", "1", "--student.port", str(free_port()), "--student.max_model_len", "2048",
@@ -37,15 +40,16 @@ def command(output: Path) -> list[str]:
             "--train.epochs", "1", "--train.checkpoint_every", "1", "--eval.limit", "1"]
 
 
-def test_pipeline_skips_finished_stages_and_resumes_training_after_a_kill(tmp_path):
-    output = tmp_path / "pipeline"
+def test_pipeline_skips_finished_stages_and_resumes_training_after_a_kill(tmp_path, s3_uri):
+    output = Location.of(s3_uri("pipeline"))
     trials, specs = faithful_trials()
     write_exploration(output / "explore", trials, specs)
     update_manifest(output / "explore", {"status": "finished"})  # an exploration that already ran
 
     snapshot = output / "train" / "ray_train" / "train" / "checkpoint_manager_snapshot.json"
     log = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen(command(output), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # Run from tmp_path: with a URI output the job's log goes to ./logs/.
+    first = subprocess.Popen(command(output), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 900
     while not (snapshot.is_file() and json.loads(snapshot.read_text())["checkpoint_results"]):
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
@@ -58,7 +62,7 @@ def test_pipeline_skips_finished_stages_and_resumes_training_after_a_kill(tmp_pa
     text = (tmp_path / "first.log").read_text()
     assert "explore: complete, skipped" in text and "exploit: running" in text and "train: running" in text
 
-    again = subprocess.run(command(output), cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    again = subprocess.run(command(output), cwd=tmp_path, capture_output=True, text=True, timeout=1200)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     for stage in ("explore", "exploit"):
         assert f"{stage}: complete, skipped" in again.stdout
@@ -80,10 +84,13 @@ def test_pipeline_skips_finished_stages_and_resumes_training_after_a_kill(tmp_pa
     outcome = json.loads((output / "outcome.json").read_text())
     assert outcome["metrics"]["tuned top5"] == metrics["tuned top5"]
 
-    third = subprocess.run(command(output), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    third = subprocess.run(command(output), cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert third.returncode == 0, third.stderr[-3000:]
     for stage in ("explore", "exploit", "train", "evaluate"):
         assert f"{stage}: complete, skipped" in third.stdout
+    assert list((tmp_path / "logs").glob("pipeline-*.log"))
+    for stage in ("exploit", "train"):  # the local working copies of an output on object storage
+        shutil.rmtree(output.staging_dir(stage), ignore_errors=True)
 
 
 def _group(process: psutil.Process) -> int | None:

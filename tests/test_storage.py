@@ -1,34 +1,20 @@
 """Outputs on object storage: explore and exploit write to and resume from an ``s3://`` URI the same
-way they do a local directory. The store is moto's S3-compatible server on loopback (a real HTTP
-server speaking the S3 API), reached by pyarrow's own S3 client: the code path a cluster takes to
-real S3, with only the endpoint changed in the URI."""
+way they do a local directory (train, serve and evaluate on S3: tests/test_pipeline.py). The store is
+moto's S3-compatible server on loopback (``s3_uri`` in conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
-from moto.server import ThreadedMotoServer
 
 from ste_ray.exploit import ExploitSettings, run_exploit
 from ste_ray.exploit.report import write_report
 from ste_ray.explore import ExploreSettings, check_output, run_exploration
 from ste_ray.explore.episode import episode_id
-from ste_ray.runs import OutputError, prepare_location, prepare_output, read_manifest, update_manifest
+from ste_ray.runs import OutputError, prepare_location, read_manifest, update_manifest
 from ste_ray.schema import Episode, SFTExample, Trial, read_dir, read_records, write_records
 from ste_ray.storage import Location
 from tests.exploration_data import faithful_trials, write_exploration
 from tests.test_explore import TINY, add_date, tool_cfg
-
-
-@pytest.fixture(scope="module")
-def s3_uri():
-    """A function from a prefix to an s3:// URI on a loopback S3 server (bucket made on first write)."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    # Credentials in the URI (user:password@): Ray Data's workers read with the filesystem object, which carries them.
-    options = f"endpoint_override={host}:{port}&scheme=http&region=us-east-1&allow_bucket_creation=true"
-    yield lambda prefix: f"s3://key:secret@ste-ray/{prefix}?{options}"
-    server.stop()
 
 
 def test_records_and_manifests_round_trip_through_s3(s3_uri):
@@ -47,9 +33,27 @@ def test_records_and_manifests_round_trip_through_s3(s3_uri):
     assert read_dir(output / "absent", Episode).num_rows == 0
 
 
-def test_local_only_stages_refuse_a_uri_before_any_work(s3_uri):
-    with pytest.raises(OutputError, match="local directory or a shared mount"):
-        prepare_output(s3_uri("train"))
+def test_directories_upload_and_download_and_name_their_model_source(s3_uri, tmp_path):
+    local = tmp_path / "merged"
+    (local / "sub").mkdir(parents=True)
+    (local / "config.json").write_text("{}")
+    (local / "sub" / "weights.bin").write_bytes(b"\x00" * 1000)
+    remote = Location.of(s3_uri("train")) / "merged"
+    remote.upload(local)
+    back = remote.download(tmp_path / "back")
+    assert (back / "config.json").read_text() == "{}" and (back / "sub" / "weights.bin").stat().st_size == 1000
+    # uri() is what a later job or a worker is handed: it keeps the options and the keys.
+    assert remote.uri().startswith("s3://key:secret@ste-ray/train/merged?endpoint_override=")
+    assert (Location.of(remote.uri()) / "config.json").read_text() == "{}"
+    assert remote.staging_dir("train") == remote.staging_dir("train") != Location.of(s3_uri("other")).staging_dir("train")
+    # What Ray Serve LLM's replicas are given to download a model: a plain URI and the environment
+    # that carries what pyarrow read from the URI (Ray reads endpoint and keys only from there).
+    source, env = remote.object_store_source()
+    assert source == "s3://ste-ray/train/merged"
+    assert env["AWS_ENDPOINT_URL_S3"].startswith("http://127.0.0.1:")
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env["AWS_REGION"]) == ("key", "secret", "us-east-1")
+    with pytest.raises(ValueError, match="only from s3://"):
+        Location.of(tmp_path).object_store_source()  # a local directory is served as a path, not downloaded
 
 
 @pytest.mark.engine

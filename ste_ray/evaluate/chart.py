@@ -9,10 +9,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
+from ste_ray.storage import Location  # noqa: E402
+
 METRICS = ["wellformed", "api_match", "correct"]
 
 
-def bar_chart(rows: list[tuple[str, dict[str, float]]], path: Path, title: str) -> None:
+def bar_chart(rows: list[tuple[str, dict[str, float]]], path: Path | Location, title: str) -> None:
     """``rows``: (setting name, its metrics) in display order."""
     fig, ax = plt.subplots(figsize=(1.5 + 2.2 * len(rows), 4))
     width = 0.8 / len(METRICS)
@@ -26,5 +28,5 @@ def bar_chart(rows: list[tuple[str, dict[str, float]]], path: Path, title: str) 
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    Location.of(path).write_figure(fig)
     plt.close(fig)

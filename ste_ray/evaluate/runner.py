@@ -26,6 +26,7 @@ from ste_ray.evaluate.scoring import Judge, Scored, llm_judge, score
 from ste_ray.react import STOP, SYSTEM_PROMPT, tool_mode_messages
 from ste_ray.runtime import terminal
 from ste_ray.schema import JudgedTrial, Trial, finished_trials, from_row, read_records
+from ste_ray.storage import Location
 from ste_ray.tools.loaders import ste_api_spec
 
 # ---------------------------------------------------------------------------------------------
@@ -120,7 +121,7 @@ def load_demo_pool(source: str, benchmark: Benchmark) -> list[dict[str, str]]:
     if source == "benchmark":
         return [{k: it[k] for k in ("query", "action", "action_input")} for items in benchmark.tests.values()
                 for it in items]
-    path = Path(source)
+    path = Location.of(source)
     if (path / "trials").is_dir():  # exploration output
         demos = []
         for trial in (from_row(Trial, row) for row in finished_trials(path).to_pylist()):
@@ -263,7 +264,7 @@ async def run_setting(client: LLMClient, benchmark: Benchmark, queries: list[Que
 
 
 async def run_benchmark(endpoint: Endpoint, cfg: EvalSettings, max_model_len: int, tokenizer_dir: str | None,
-                        judge: str, judge_endpoint: Endpoint | None = None, output: Path | None = None,
+                        judge: str, judge_endpoint: Endpoint | None = None, output: Path | Location | None = None,
                         progress: bool = True) -> list[SettingResult]:
     """Every setting of ``cfg`` on ``endpoint``; each setting's predictions are written to
     ``output/predictions/<setting>.json`` as soon as it is done."""
@@ -283,9 +284,8 @@ async def run_benchmark(endpoint: Endpoint, cfg: EvalSettings, max_model_len: in
             result = await run_setting(client, benchmark, queries, setting, cfg, retriever, demo_pool, fitter,
                                        judge, llm, progress)
             if output is not None:
-                path = output / "predictions" / f"{setting.name}.json"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(result.predictions, ensure_ascii=False))
+                (Location.of(output) / "predictions" / f"{setting.name}.json").write_text(
+                    json.dumps(result.predictions, ensure_ascii=False))
             results.append(result)
     return results
 

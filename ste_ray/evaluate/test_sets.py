@@ -34,6 +34,7 @@ import jsonschema
 from ste_ray.client import LLMClient, LLMError
 from ste_ray.constrained import grammar_request, turn_grammar
 from ste_ray.react import STOP, parse_turn, tool_mode_messages
+from ste_ray.storage import Location
 from ste_ray.tools.spec import ToolSpec, ToolSpecError
 
 FORMATS = ("react", "react+constrained", "openai")
@@ -217,7 +218,7 @@ async def answer(client: LLMClient, case: TestCase, form: str, max_tokens: int) 
 
 
 async def run_test_set(client: LLMClient, cases: list[TestCase], formats: list[str], max_tokens: int,
-                       output: Path | None) -> dict[str, Any]:
+                       output: Path | Location | None) -> dict[str, Any]:
     """Every case in every format the endpoint supports; per-query outputs written to
     ``output/test_set/<format>.jsonl``, the metrics returned."""
     results: dict[str, Any] = {}
@@ -229,7 +230,6 @@ async def run_test_set(client: LLMClient, cases: list[TestCase], formats: list[s
         answers = await asyncio.gather(*(answer(client, case, form, max_tokens) for case in cases))
         results[form] = {**metrics(answers), "wall_s": round(time.perf_counter() - started, 1)}
         if output is not None:
-            (output / "test_set").mkdir(parents=True, exist_ok=True)
-            (output / "test_set" / f"{form}.jsonl").write_text(
+            (Location.of(output) / "test_set" / f"{form}.jsonl").write_text(
                 "".join(json.dumps(a, ensure_ascii=False) + "\n" for a in answers))
     return results

@@ -6,7 +6,8 @@ Locally each fine-tuned model is served merged (the LoRA adapter folded into the
 LLM loads LoRA adapters dynamically only from cloud storage (``s3://``, ``gs://``, Azure), never
 from a local directory, and a merged model also carries any toolkens' new embeddings, which vLLM's
 LoRA does not. On a cluster with adapters in object storage, ``adapters_uri`` serves every adapter
-under it from one engine instead (``model="<base>:<adapter>"``).
+under it from one engine instead (``model="<base>:<adapter>"``). A training output on object storage
+(``s3://...``) is served from there: each replica downloads the merged model to its own node.
 
 An API key (``api_key_env``: the name of an environment variable the ingress replicas see) makes
 every route answer 401 without ``Authorization: Bearer <key>``.
@@ -24,6 +25,7 @@ from ste_ray.client import Endpoint
 from ste_ray.config import fail, option
 from ste_ray.engine import EngineConfig, deploy
 from ste_ray.model import resolve_model
+from ste_ray.storage import Location
 from ste_ray.train.run import merge_adapter
 
 
@@ -34,7 +36,7 @@ class ServeSettings:
     models: dict[str, str] = option(
         default_factory=lambda: {"ste-model": "embedded"},
         help="Served name → model: 'embedded', 'teacher', a Hugging Face directory (a merged fine-tuned model), "
-        "or a training output directory (its merged/ model, merged now if missing)")
+        "or a training output directory or s3:// URI (its merged/ model, merged now if missing)")
     adapters_uri: str = option(
         "", help="Cluster: s3://, gs:// or azure:// directory of LoRA adapters, served on the first model as "
         "'<name>:<adapter>'")
@@ -49,14 +51,20 @@ class ServeSettings:
 
 
 def merged_model(source: str) -> str:
-    """What to load for a served model: a training output directory means its merged model (made
-    now from its adapter if training did not merge); anything else resolves as usual."""
-    path = Path(source)
-    if (path / "adapter" / "adapter_config.json").is_file():
-        if not (path / "merged" / "config.json").is_file():
-            merge_adapter(path / "adapter", resolve_model(adapter_base(path / "adapter")), path / "merged")
-        return str(path / "merged")
-    return source
+    """What to load for a served model: a training output directory (local or a URI) means its
+    merged model (made now from its adapter if training did not merge); anything else as given."""
+    if "://" not in source and not Path(source).is_dir():
+        return source  # 'embedded', 'teacher', a hub id
+    output = Location.of(source)
+    adapter = output / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        return source
+    if not (output / "merged" / "config.json").is_file():
+        staging = output.staging_dir("train")
+        local_adapter = adapter.download(staging / "adapter") if not output.is_local else adapter.local_path
+        merge_adapter(local_adapter, resolve_model(adapter_base(local_adapter)), staging / "merged")
+        (output / "merged").upload(staging / "merged")
+    return (output / "merged").uri()
 
 
 def adapter_base(adapter: Path) -> str:

@@ -28,7 +28,7 @@ import re
 import secrets
 import string
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ste_ray.tools.loaders import from_callable, load_ste_apis, tool

@@ -203,7 +203,7 @@ class ToolCallActor:
         return observation
 
     async def _observe(self, state: _ToolState, arguments: dict[str, Any]) -> Observation:
-        spec, limits = state.spec, state.limits
+        spec = state.spec
         error = spec.argument_error(arguments)
         if error:
             return Observation(spec.name, False, f"Error: {error}", "invalid_arguments")

@@ -21,6 +21,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 
+from ste_ray.storage import Location
 from ste_ray.train.data import pad_batch
 
 STATE = "trainer_state.json"
@@ -65,10 +66,12 @@ class FineTuneRecipe:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()  # with LoRA the frozen embeddings' output must carry gradients
         with tempfile.TemporaryDirectory() as restored:
-            start = self.cfg["init_adapter"]
+            start = self.cfg["start_weights"]
             if checkpoint is not None:
                 checkpoint.to_directory(restored)
                 start = restored
+            elif start and "://" in start:  # the previous round's weights on object storage
+                start = str(Location.of(start).download(Path(restored)))
             model = self._with_method(model, start)
             self.model = self._distribute(model)
             if checkpoint is not None:

@@ -5,6 +5,10 @@ the loss curve. Everything that can be checked is checked before a worker starts
 Recovery: checkpoints go to ``<output>/ray_train/<run>`` (``RunConfig(storage_path, name)``); a worker
 that dies restarts the run from the last checkpoint (``FailureConfig``), and running the job again
 with the same output continues it (Ray Train 2.60 hands the run's latest checkpoint to the recipe).
+
+Input and output may be a filesystem URI (``s3://``, ``ste_ray.storage``): Ray Data reads the SFT
+data and Ray Train writes the checkpoints there directly; the weights, merged model and loss curve
+are made in a local staging directory (transformers and PEFT write only local files) and uploaded.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-import pyarrow.parquet as pq
 import ray
 import ray.data
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
@@ -31,6 +34,7 @@ from ste_ray.engine import autoscaler_running
 from ste_ray.model import resolve_model
 from ste_ray.runtime import terminal
 from ste_ray.schema import SFTExample, arrow_schema
+from ste_ray.storage import Location
 from ste_ray.train.data import Tokenize
 from ste_ray.train.recipe import STATE, train_worker
 from ste_ray.train.settings import TrainSettings
@@ -48,13 +52,13 @@ class Round:
     """One training run: the whole SFT set, or one continual-learning batch."""
 
     name: str  # "" for a single run, else "round_<k>"
-    data: Path  # a directory with train/ and validation/
+    data: Location  # a directory with train/ and validation/
 
 
 @dataclasses.dataclass
 class TrainResult:
-    output: Path
-    weights: list[Path]  # the adapter (or model) directory of each round
+    output: Location
+    weights: list[Location]  # the adapter (or model) directory of each round
     history: list[dict[str, Any]]  # the last round's steps
     resumed_at: list[int]  # the last round's restarts from a checkpoint, by step
     dropped_too_long: int
@@ -66,10 +70,10 @@ class TrainResult:
 # Checks before training
 
 
-def find_rounds(sft: Path, continual: bool) -> list[Round]:
+def find_rounds(sft: Location, continual: bool) -> list[Round]:
     if not sft.is_dir():
         raise TrainInputError(f"input: {sft} is not a directory (give exploit's sft/ output)")
-    batches = sorted((p for p in sft.glob("batch_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[1]))
+    batches = sorted((p for p in sft.subdirs() if p.name.startswith("batch_")), key=lambda p: int(p.name.split("_")[1]))
     if continual:
         if not batches:
             raise TrainInputError(f"input: --train.continual needs per-batch data ({sft}/batch_<k>/); "
@@ -82,13 +86,13 @@ def find_rounds(sft: Path, continual: bool) -> list[Round]:
         rounds = [Round("", sft)]
     expected = set(arrow_schema(SFTExample).names)
     for r in rounds:
-        files = sorted((r.data / "train").glob("*.parquet"))
+        files = (r.data / "train").files()
         if not files:
             raise TrainInputError(f"input: {r.data}/train holds no Parquet files")
-        missing = expected - set(pq.read_schema(files[0]).names)
+        missing = expected - set(files[0].read_schema().names)
         if missing:
             raise TrainInputError(f"input: {files[0]} is not SFT data (missing columns: {', '.join(sorted(missing))})")
-        if not sum(pq.read_metadata(f).num_rows for f in files):
+        if not sum(f.num_rows() for f in files):
             raise TrainInputError(f"input: {r.data}/train has no examples")
     return rounds
 
@@ -137,13 +141,13 @@ def check_workers(settings: TrainSettings) -> None:
 # Data
 
 
-def tokenized(directory: Path, model_dir: str, max_seq_len: int) -> tuple[ray.data.Dataset, int, int]:
+def tokenized(directory: Location, model_dir: str, max_seq_len: int) -> tuple[ray.data.Dataset, int, int]:
     """The split's tokenized examples (materialized: the trainer reads them every epoch), how many
     fit, and how many were dropped for length."""
-    files = sorted(str(p) for p in directory.glob("*.parquet"))
+    files = [f.path for f in directory.files()]
     if not files:
         return ray.data.from_items([]), 0, 0
-    ds = ray.data.read_parquet(files, columns=["messages"]).map_batches(
+    ds = ray.data.read_parquet(files, filesystem=directory.fs, columns=["messages"]).map_batches(
         Tokenize, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1),
         fn_constructor_kwargs=dict(tokenizer_dir=model_dir, max_seq_len=max_seq_len)).materialize()
     too_long = ds.filter(expr="too_long == True").count()
@@ -165,10 +169,11 @@ class ProgressCallback(UserCallback):
         self.queue.put(metrics[0])
 
 
-def run_round(r: Round, output: Path, settings: TrainSettings, model_dir: str, toolkens: list[str],
-              init_adapter: str | None, progress: bool) -> tuple[Path, dict[str, Any], int, int]:
-    """One training run; returns its weights directory, its final trainer state (history, restarts)
-    and its example counts."""
+def run_round(r: Round, output: Location, staging: Path, settings: TrainSettings, model_dir: str,
+              toolkens: list[str], start_weights: str | None, progress: bool) -> tuple[Path, dict[str, Any], int, int]:
+    """One training run, from ``start_weights`` (the previous round's, a path or URI) if given;
+    returns its weights directory (in ``staging``, uploaded to ``output``), its final trainer state
+    (history, restarts) and its example counts."""
     train, n_train, long_train = tokenized(r.data / "train", model_dir, settings.max_seq_len)
     validation, _, long_validation = tokenized(r.data / "validation", model_dir, settings.max_seq_len)
     steps_per_epoch = n_train // settings.effective_batch_size
@@ -177,7 +182,7 @@ def run_round(r: Round, output: Path, settings: TrainSettings, model_dir: str, t
                               f"({settings.effective_batch_size}); lower --train.effective_batch_size")
     total = steps_per_epoch * settings.epochs
     total = min(total, settings.max_steps) if settings.max_steps else total
-    cfg = {**dataclasses.asdict(settings), "model_dir": model_dir, "toolkens": toolkens, "init_adapter": init_adapter,
+    cfg = {**dataclasses.asdict(settings), "model_dir": model_dir, "toolkens": toolkens, "start_weights": start_weights,
            "learning_rate": settings.peak_learning_rate, "steps_per_epoch": steps_per_epoch, "total_steps": total}
     queue = Queue()
     trainer = TorchTrainer(
@@ -185,7 +190,8 @@ def run_round(r: Round, output: Path, settings: TrainSettings, model_dir: str, t
         scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=settings.use_gpu,
                                      resources_per_worker={"CPU": settings.cpus_per_worker,
                                                            **settings.resources_per_worker}),
-        run_config=RunConfig(name=r.name or "train", storage_path=str(output / "ray_train"),
+        run_config=RunConfig(name=r.name or "train", storage_path=(output / "ray_train").path,
+                             storage_filesystem=output.fs,
                              failure_config=FailureConfig(max_failures=settings.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=[ProgressCallback(queue)],
                              worker_runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu"}} if settings.deepspeed and not settings.use_gpu else None),
@@ -205,14 +211,20 @@ def run_round(r: Round, output: Path, settings: TrainSettings, model_dir: str, t
             bar.refresh()
         result = fitting.result()
     bar.close()
-    weights = output / (r.name or ".") / ("adapter" if settings.method == "lora" else "model")
+    relative = f"{r.name}/{weights_name(settings)}" if r.name else weights_name(settings)
+    weights = staging / relative
     with result.checkpoint.as_directory() as directory:
         state = json.loads((Path(directory) / STATE).read_text())
         if weights.exists():
             shutil.rmtree(weights)
         shutil.copytree(directory, weights, ignore=shutil.ignore_patterns(STATE, "optimizer.pt", "deepspeed", "latest",
                                                                           "zero_to_fp32.py"))
+    (output / relative).upload(weights)
     return weights, state, n_train, long_train + long_validation
+
+
+def weights_name(settings: TrainSettings) -> str:
+    return "adapter" if settings.method == "lora" else "model"
 
 
 def merge_adapter(adapter: Path, model_dir: str, target: Path) -> None:
@@ -232,33 +244,35 @@ def merge_adapter(adapter: Path, model_dir: str, target: Path) -> None:
     tokenizer.save_pretrained(target)
 
 
-def run_training(sft: Path, output: Path, settings: TrainSettings, progress: bool = True) -> TrainResult:
+def run_training(sft: str | Path | Location, output: str | Path | Location, settings: TrainSettings,
+                 progress: bool = True) -> TrainResult:
     """Train every round (see the module docstring); the weights of the last round are the result."""
     started = time.perf_counter()
+    sft, output = Location.of(sft), Location.of(output)
     rounds = find_rounds(sft, settings.continual)
     model_dir = check_model(settings)
     check_workers(settings)
     toolkens_file = sft / "toolkens.json"
     toolkens = sorted(json.loads(toolkens_file.read_text()).values()) if toolkens_file.is_file() else []
+    staging = output.staging_dir("train")
     weights: list[Path] = []
     state: dict[str, Any] = {}
     examples = dropped = 0
     previous: str | None = None
     for r in rounds:
-        done, state, n, too_long = run_round(r, output, settings, model_dir, toolkens, previous, progress)
+        done, state, n, too_long = run_round(r, output, staging, settings, model_dir, toolkens, previous, progress)
         weights.append(done)
         examples += n
         dropped += too_long
-        previous = str(done) if settings.method == "lora" else None
-        if settings.method == "full":
-            model_dir = str(done)  # the next round continues from these weights
+        previous = (output / str(done.relative_to(staging))).uri()  # the next round continues from these weights
     if settings.merge and settings.method == "lora":
-        merge_adapter(weights[-1], resolve_model(settings.model), output / "merged")
-    return TrainResult(output, weights, state["history"], state["resumed_at"], dropped, examples,
-                       time.perf_counter() - started)
+        merge_adapter(weights[-1], resolve_model(settings.model), staging / "merged")
+        (output / "merged").upload(staging / "merged")
+    return TrainResult(output, [output / str(w.relative_to(staging)) for w in weights], state["history"],
+                       state["resumed_at"], dropped, examples, time.perf_counter() - started)
 
 
-def loss_chart(history: list[dict[str, Any]], path: Path, title: str) -> None:
+def loss_chart(history: list[dict[str, Any]], path: Path | Location, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([h["step"] for h in history], [h["loss"] for h in history], label="training loss")
     validation = [h for h in history if h.get("validation_loss") is not None]
@@ -270,6 +284,6 @@ def loss_chart(history: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    Location.of(path).write_figure(fig)
     plt.close(fig)
 
