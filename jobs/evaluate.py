@@ -60,7 +60,7 @@ class EvaluateConfig:
                                      "tools field; skipped when the endpoint does not take it)")
     tools: list[ToolSource] = option(default_factory=list, help="Tool sources whose tools a test set may name")
     output: str = option("outputs/evaluate",
-                         help="Output directory (predictions/, metrics.json, metrics.md, metrics.png, logs/)")
+                         help="Output directory or filesystem URI (predictions/, metrics.json, metrics.md, metrics.png, logs/)")
     verbose: bool = option(False, help="Show Ray's and vLLM's logs live instead of writing them to the log file")
 
     aliases: ClassVar = endpoint_aliases("model_url")
