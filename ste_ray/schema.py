@@ -172,14 +172,16 @@ def write_records(path: str | Path | Location, records: list[Any], record: type)
     Location.of(path).write_table(pa.Table.from_pylist(rows, schema=arrow_schema(record)))
 
 
-def read_dir(directory: str | Path | Location, record: type) -> pa.Table:
+def read_dir(directory: str | Path | Location, record: type, columns: list[str] | None = None) -> pa.Table:
     """All Parquet files of a directory (local or a filesystem URI) as one table of ``record`` rows
-    (empty if none)."""
+    (empty if none), or of their ``columns`` only."""
     schema = arrow_schema(record)
+    if columns:
+        schema = pa.schema([schema.field(c) for c in columns])
     files = Location.of(directory).files()
     if not files:
         return schema.empty_table()
-    return pa.concat_tables(f.read_table(schema) for f in files)
+    return pa.concat_tables(f.read_table(schema, columns) for f in files)
 
 
 def read_records(directory: str | Path | Location, record: type[R]) -> list[R]:

@@ -177,8 +177,8 @@ class Location:
         """One Parquet file, atomically."""
         self._atomic(lambda path: pq.write_table(table, path, filesystem=self.fs))
 
-    def read_table(self, schema: pa.Schema | None = None) -> pa.Table:
-        return pq.read_table(self.path, filesystem=self.fs, schema=schema)
+    def read_table(self, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(self.path, filesystem=self.fs, schema=schema, columns=columns)
 
     def read_schema(self) -> pa.Schema:
         return pq.read_schema(self.path, filesystem=self.fs)

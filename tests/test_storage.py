@@ -1,19 +1,18 @@
-"""Outputs on object storage: explore and exploit write to and resume from an ``s3://`` URI the same
-way they do a local directory (train, serve and evaluate on S3: tests/test_pipeline.py). The store is
-moto's S3-compatible server on loopback (``s3_uri`` in conftest.py)."""
+"""Outputs on object storage: records, manifests and whole directories round-trip through an ``s3://``
+URI, and exploration writes to and resumes from one the same way it does a local directory (every
+later stage on S3: tests/test_pipeline.py). The store is moto's S3-compatible server on loopback
+(``s3_uri`` in conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from ste_ray.exploit import ExploitSettings, run_exploit
-from ste_ray.exploit.report import write_report
 from ste_ray.explore import ExploreSettings, check_output, run_exploration
 from ste_ray.explore.episode import episode_id
 from ste_ray.runs import OutputError, prepare_location, read_manifest, update_manifest
-from ste_ray.schema import Episode, SFTExample, Trial, read_dir, read_records, write_records
+from ste_ray.schema import Episode, Trial, read_dir, read_records, write_records
 from ste_ray.storage import Location
-from tests.exploration_data import faithful_trials, write_exploration
+from tests.exploration_data import faithful_trials
 from tests.test_explore import TINY, add_date, tool_cfg
 
 
@@ -74,16 +73,3 @@ async def test_exploration_writes_to_and_resumes_from_s3(ray_session, engine, s3
     assert sorted({t.episode_id for t in trials}) == sorted(e["episode_id"] for e in episodes)
     assert all(s.observation.startswith('{"date": ') for t in trials for s in t.steps if s.tool_error_kind is None
                and s.action == "add_date")
-
-
-def test_exploit_reads_and_writes_s3(ray_session, s3_uri):
-    trials, specs = faithful_trials()
-    write_exploration(Location.of(s3_uri("explored")), trials, specs)
-    settings = ExploitSettings(judge="none", target_per_api=0, validation_share=0.0, general_ratio=0.0)
-    result = run_exploit(s3_uri("explored"), s3_uri("exploit"), settings, None, None, False, progress=False)
-    output = Location.of(s3_uri("exploit"))
-    train = read_records(output / "sft" / "train", SFTExample)
-    assert len(train) == result.datasets["sft/train"] == 6  # six faithful trials, one example each
-    assert {e.api for e in train} == {t.api for t in trials}
-    write_report(output, result.funnel, result.datasets, result.judge_errors, [])  # as jobs/exploit.py does
-    assert (output / "report.md").is_file() and (output / "funnel.png").read_bytes().startswith(b"\x89PNG")
