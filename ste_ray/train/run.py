@@ -70,7 +70,8 @@ class TrainResult:
 # Checks before training
 
 
-def find_rounds(sft: Location, continual: bool) -> list[Round]:
+def find_rounds(sft: str | Path | Location, continual: bool) -> list[Round]:
+    sft = Location.of(sft)
     if not sft.is_dir():
         raise TrainInputError(f"input: {sft} is not a directory (give exploit's sft/ output)")
     batches = sorted((p for p in sft.subdirs() if p.name.startswith("batch_")), key=lambda p: int(p.name.split("_")[1]))
