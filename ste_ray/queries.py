@@ -16,6 +16,9 @@ PROMPT_PHRASES = ("write one realistic", "do not name the api", "requests alread
                   "learning to use an api", "a user asked for something", "this api call answered it",
                   "write the user's request", "write one call of this api")
 HTTP_REQUEST = re.compile(r"^\s*(GET|POST|PUT|PATCH|DELETE)\s+\S*/", re.I)
+# A key-value pair of a JSON object ('date": "2023-10-01",'): the free explorer sometimes
+# imagines a fragment of the call instead of a request.
+JSON_PAIR = re.compile(r'"\s*:\s*(["\[{\d-]|true\b|false\b|null\b)')
 
 
 def words(text: str) -> list[str]:
@@ -35,7 +38,7 @@ def query_problem(query: str, description: str, min_words: int = 3, max_chars: i
         return "a copy of the prompt"
     if HTTP_REQUEST.match(text):
         return "an HTTP request, not a user's request"
-    if text[0] in "{[" or re.search(r"\{\s*\"", text):
+    if text[0] in "{[" or re.search(r"\{\s*\"", text) or JSON_PAIR.search(text):
         return "JSON, not a user's request"
     flat_query, flat_description = " ".join(words(text)), " ".join(words(description))
     if len(flat_query) >= 20 and (flat_query in flat_description or
