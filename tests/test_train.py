@@ -171,7 +171,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_with_toolkens(ray_sess
     assert result.resumed_at and result.resumed_at[0] >= 1  # restarted from a checkpoint, not from scratch
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(result.weights[0])
+    tokenizer = AutoTokenizer.from_pretrained(str(result.weights[0]))  # a Location: here a local path
     base = AutoTokenizer.from_pretrained(resolve_model("embedded"))
     names = json.loads((sft / "toolkens.json").read_text()).values()
     for name in names:
