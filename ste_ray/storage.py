@@ -208,7 +208,10 @@ class Location:
                         destination_filesystem=self.fs)
 
     def download(self, local: Path) -> Path:
-        """This directory's files copied into ``local``; returns ``local``."""
+        """This directory's files copied into ``local`` (nothing to do when this location is that
+        directory); returns ``local``."""
+        if self.is_local and self.local_path == local.resolve():
+            return local
         local.mkdir(parents=True, exist_ok=True)
         pafs.copy_files(self.path, str(local.resolve()), source_filesystem=self.fs,
                         destination_filesystem=pafs.LocalFileSystem())

@@ -61,7 +61,7 @@ def merged_model(source: str) -> str:
         return source
     if not (output / "merged" / "config.json").is_file():
         staging = output.staging_dir("train")
-        local_adapter = adapter.download(staging / "adapter") if not output.is_local else adapter.local_path
+        local_adapter = adapter.download(staging / "adapter")
         merge_adapter(local_adapter, resolve_model(adapter_base(local_adapter)), staging / "merged")
         (output / "merged").upload(staging / "merged")
     return (output / "merged").uri()

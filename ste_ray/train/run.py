@@ -171,10 +171,10 @@ class ProgressCallback(UserCallback):
 
 
 def run_round(r: Round, output: Location, staging: Path, settings: TrainSettings, model_dir: str,
-              toolkens: list[str], start_weights: str | None, progress: bool) -> tuple[Path, dict[str, Any], int, int]:
+              toolkens: list[str], start_weights: str | None, progress: bool) -> tuple[str, dict[str, Any], int, int]:
     """One training run, from ``start_weights`` (the previous round's, a path or URI) if given;
-    returns its weights directory (in ``staging``, uploaded to ``output``), its final trainer state
-    (history, restarts) and its example counts."""
+    returns its weights directory relative to ``output`` (made in ``staging``, then uploaded), its
+    final trainer state (history, restarts) and its example counts."""
     train, n_train, long_train = tokenized(r.data / "train", model_dir, settings.max_seq_len)
     validation, _, long_validation = tokenized(r.data / "validation", model_dir, settings.max_seq_len)
     steps_per_epoch = n_train // settings.effective_batch_size
@@ -221,7 +221,7 @@ def run_round(r: Round, output: Location, staging: Path, settings: TrainSettings
         shutil.copytree(directory, weights, ignore=shutil.ignore_patterns(STATE, "optimizer.pt", "deepspeed", "latest",
                                                                           "zero_to_fp32.py"))
     (output / relative).upload(weights)
-    return weights, state, n_train, long_train + long_validation
+    return relative, state, n_train, long_train + long_validation
 
 
 def weights_name(settings: TrainSettings) -> str:
@@ -256,7 +256,7 @@ def run_training(sft: str | Path | Location, output: str | Path | Location, sett
     toolkens_file = sft / "toolkens.json"
     toolkens = sorted(json.loads(toolkens_file.read_text()).values()) if toolkens_file.is_file() else []
     staging = output.staging_dir("train")
-    weights: list[Path] = []
+    weights: list[str] = []  # relative to output (and to staging)
     state: dict[str, Any] = {}
     examples = dropped = 0
     previous: str | None = None
@@ -265,11 +265,11 @@ def run_training(sft: str | Path | Location, output: str | Path | Location, sett
         weights.append(done)
         examples += n
         dropped += too_long
-        previous = (output / str(done.relative_to(staging))).uri()  # the next round continues from these weights
+        previous = (output / done).uri()  # the next round continues from these weights
     if settings.merge and settings.method == "lora":
-        merge_adapter(weights[-1], resolve_model(settings.model), staging / "merged")
+        merge_adapter(staging / weights[-1], resolve_model(settings.model), staging / "merged")
         (output / "merged").upload(staging / "merged")
-    return TrainResult(output, [output / str(w.relative_to(staging)) for w in weights], state["history"],
+    return TrainResult(output, [output / w for w in weights], state["history"],
                        state["resumed_at"], dropped, examples, time.perf_counter() - started)
 
 
