@@ -258,12 +258,14 @@ def _wait_until_running(app_name: str, timeout_s: float) -> None:
 
 
 def deploy(cfg: EngineConfig, models: dict[str, str] | None = None, ingress: dict[str, Any] | None = None,
-           lora_uri: str = "") -> Endpoint:
+           lora_uri: str = "", route_prefix: str = "/") -> Endpoint:
     """Deploy the engine into the connected Ray cluster and wait until it serves. ``models`` (served
     name → model) serves several models on one endpoint, each its own engine, instead of
     ``cfg.model`` alone; ``ingress`` is ray.serve.llm's ingress class config (e.g. an API key check);
-    ``lora_uri`` serves the LoRA adapters under that object-storage directory on the first model."""
+    ``lora_uri`` serves the LoRA adapters under that object-storage directory on the first model;
+    ``route_prefix`` puts the endpoint beside another application of the same Serve instance."""
     from ray import serve
+    from ray.serve.context import _get_global_client
     from ray.serve.llm import build_openai_app
 
     models = models or {cfg.served_model_name: cfg.model}
@@ -271,15 +273,18 @@ def deploy(cfg: EngineConfig, models: dict[str, str] | None = None, ingress: dic
                for i, (name, model) in enumerate(models.items())]
     check_placement(cfg, len(models))
     serve.start(http_options={"host": cfg.host, "port": cfg.port}, logging_config={"log_level": "WARNING"})
+    # A cluster has one Serve HTTP proxy: an engine deployed while another runs (the student beside
+    # the teacher) is reached where the first serve.start put the proxy, whatever its own port says.
+    http = _get_global_client().http_config
     args: dict[str, Any] = {"llm_configs": configs}
     if os.environ.get("RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING") != "1":
         # (With direct streaming the engine replica is the ingress and has no config of its own.)
         args["ingress_deployment_config"] = {"logging_config": {"log_level": "WARNING"}}
     if ingress:
         args["ingress_cls_config"] = ingress
-    serve.run(build_openai_app(args), name=cfg.app_name, route_prefix="/", blocking=False)
+    serve.run(build_openai_app(args), name=cfg.app_name, route_prefix=route_prefix, blocking=False)
     _wait_until_running(cfg.app_name, cfg.ready_timeout_s)
-    return Endpoint(f"http://{_client_host(cfg.host)}:{cfg.port}/v1", next(iter(models)))
+    return Endpoint(f"http://{_client_host(http.host)}:{http.port}{route_prefix.rstrip('/')}/v1", next(iter(models)))
 
 
 def _client_host(bind_host: str) -> str:

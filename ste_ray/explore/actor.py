@@ -15,14 +15,17 @@ class ExplorerActor:
     episodes it had in flight)."""
 
     def __init__(self, endpoint: Endpoint, specs: list[ToolSpec], tool_cfg: ToolCallConfig, settings: ExploreSettings,
-                 max_requests: int):
+                 max_requests: int, imaginer: Endpoint | None = None):
         self.llm = endpoint.client(max_concurrency=max_requests)
+        self.imaginer = imaginer.client(max_concurrency=max_requests) if imaginer else None
         self.tools = ToolBox(specs, tool_cfg)
         self.specs = {s.name: s for s in specs}
         self.settings = settings
 
     async def run(self, task: EpisodeTask) -> EpisodeResult:
-        return await run_episode(self.llm, self.tools, self.specs[task.api], task, self.settings)
+        return await run_episode(self.llm, self.tools, self.specs[task.api], task, self.settings, self.imaginer)
 
     async def close(self) -> None:
         await self.llm.close()
+        if self.imaginer:
+            await self.imaginer.close()

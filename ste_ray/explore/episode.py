@@ -11,6 +11,9 @@
                  the tool-call actors and its result comes back as the Observation; a turn that does
                  not parse gets a corrective Observation instead; up to ``max_turn`` calls
     reflection   the explorer says whether it fulfilled the request (Yes/No)
+
+With an ``imaginer`` (iterated STE: a fine-tuned student makes the trials), another model writes the
+requests, each in a request of its own, and the explorer's conversation starts at the trial.
 """
 
 from __future__ import annotations
@@ -159,7 +162,7 @@ class Conversation:
 
 
 async def run_episode(llm: LLMClient, tools: ToolBox, spec: ToolSpec, task: EpisodeTask,
-                      settings: ExploreSettings) -> EpisodeResult:
+                      settings: ExploreSettings, imaginer: LLMClient | None = None) -> EpisodeResult:
     started = time.perf_counter()
     chat = Conversation(task.episode_id, settings.visualize)
     seed = None
@@ -170,7 +173,7 @@ async def run_episode(llm: LLMClient, tools: ToolBox, spec: ToolSpec, task: Epis
     try:
         for slot in range(settings.trials_per_episode):
             trials.append(await run_trial(llm, tools, spec, task, settings, chat, slot,
-                                          None if seed is None else seed + 1000 * slot))
+                                          None if seed is None else seed + 1000 * slot, imaginer))
     except ContextFull:
         stop_reason = "context_full"
     episode = Episode(
@@ -232,18 +235,24 @@ def matches(steps: list[Step], grounding: Grounding) -> bool:
 
 
 async def run_trial(llm: LLMClient, tools: ToolBox, spec: ToolSpec, task: EpisodeTask, settings: ExploreSettings,
-                    chat: Conversation, slot: int, seed: int | None) -> Trial:
+                    chat: Conversation, slot: int, seed: int | None, imaginer: LLMClient | None = None) -> Trial:
     """Imagination, trial and reflection for the ``slot``-th request of the conversation."""
     started = time.perf_counter()
     tokens_before = (chat.prompt_tokens, chat.completion_tokens)
-    grounded = None
+    grounded, grounding = None, None
     if settings.imagination == "grounded" and not settings.no_exec:
-        grounded = await grounded_request(llm, tools, spec, task.memory, settings, chat)
+        grounded = await grounded_request(imaginer or llm, tools, spec, task.memory, settings, chat)
     if grounded:
         query, grounding = grounded
         chat.add("user", (api_introduction(spec) if slot == 0 else "") + trial_prompt(spec.name, query))
+    elif imaginer:
+        result = await imaginer.chat([{"role": "user", "content": imagination_prompt(spec, task.memory, settings)}],
+                                     temperature=settings.imagination_temperature,
+                                     max_tokens=settings.query_max_tokens, seed=seed)
+        chat.count(result)
+        query = clean_query(result.text)
+        chat.add("user", (api_introduction(spec) if slot == 0 else "") + trial_prompt(spec.name, query))
     else:
-        grounding = None
         chat.add("user", imagination_prompt(spec, task.memory, settings) if slot == 0 else NEXT_QUERY_PROMPT)
         query = clean_query(await chat.ask(llm, temperature=settings.imagination_temperature,
                                            max_tokens=settings.query_max_tokens, seed=seed))

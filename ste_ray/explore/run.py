@@ -114,9 +114,13 @@ def summarize(output: Location) -> list[list[Any]]:
 
 async def run_exploration(endpoint: Endpoint, specs: list[ToolSpec], settings: ExploreSettings,
                           tool_cfg: ToolCallConfig, output: str | Path | Location, run_id: str,
-                          progress: bool = True) -> ExplorationResult:
+                          progress: bool = True, imaginer: Endpoint | None = None,
+                          earlier_rounds: list[Location] = ()) -> ExplorationResult:
     """Explore every API of ``specs``: ``settings.num_episodes`` episodes each, minus those an
-    earlier run already finished in ``output``. Writes each episode as soon as it finishes."""
+    earlier run already finished in ``output``. Writes each episode as soon as it finishes.
+    ``imaginer`` writes the requests instead of the explorer (see episode.py); the long-term memory
+    starts with the requests of ``earlier_rounds`` (exploration outputs), so that a new round
+    explores other uses of each API."""
     started = time.perf_counter()
     output = Location.of(output)
     if settings.constrained:
@@ -125,6 +129,9 @@ async def run_exploration(endpoint: Endpoint, specs: list[ToolSpec], settings: E
                 logger.warning("%s does not honour vLLM structured outputs: exploring unconstrained", endpoint.base_url)
                 settings = dataclasses.replace(settings, constrained=False)
     finished, memory = load_progress(output)
+    for earlier in reversed(earlier_rounds):
+        for api, entries in load_progress(earlier)[1].items():
+            memory[api] = entries + memory.get(api, [])
     pending = {s.name: [i for i in range(settings.num_episodes) if episode_id(s.name, i) not in finished] for s in specs}
     total = settings.num_episodes * len(specs)
     before = total - sum(map(len, pending.values()))
@@ -132,7 +139,7 @@ async def run_exploration(endpoint: Endpoint, specs: list[ToolSpec], settings: E
     actors = [actor_cls.options(name=f"ste-explorer:{run_id}:{i}", namespace=ACTOR_NAMESPACE, num_cpus=0,
                                 resources=settings.actor_resources,
                                 max_restarts=-1, max_task_retries=2, max_concurrency=1000)
-              .remote(endpoint, specs, tool_cfg, settings, 256)
+              .remote(endpoint, specs, tool_cfg, settings, 256, imaginer)
               for i in range(settings.num_actors)]
     bar = tqdm(total=total, initial=before, desc="episodes", unit="ep", disable=not progress, file=terminal())
     shards = ShardWriter(output, run_id, settings.shard_episodes, settings.shard_seconds)

@@ -74,15 +74,15 @@ def adapter_base(adapter: Path) -> str:
     return base if base and Path(base).is_dir() else "embedded"
 
 
-def serve_models(engine: EngineConfig, settings: ServeSettings) -> Endpoint:
-    """Deploy every model of ``settings`` on one endpoint (Ray must be connected); returns the
-    endpoint, asking for the first model."""
+def serve_models(engine: EngineConfig, settings: ServeSettings, route_prefix: str = "/") -> Endpoint:
+    """Deploy every model of ``settings`` on one endpoint (Ray must be connected; ``route_prefix``
+    as for ``deploy``); returns the endpoint, asking for the first model."""
     models = {name: merged_model(source) for name, source in settings.models.items()}
     # By name: the ingress module imports vLLM's serving layer, which only the replicas need.
     ingress: dict[str, Any] = {"ingress_cls": "ste_ray.serve.ingress:KeyedIngress",
                                "ingress_extra_kwargs": {"api_key_env": settings.api_key_env}}
     if settings.adapters_uri:
         engine = dataclasses.replace(engine, engine_kwargs={**engine.engine_kwargs, "enable_lora": True})
-    endpoint = deploy(engine, models, ingress, lora_uri=settings.adapters_uri)
+    endpoint = deploy(engine, models, ingress, lora_uri=settings.adapters_uri, route_prefix=route_prefix)
     key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
     return Endpoint(endpoint.base_url, endpoint.model, api_key=key)

@@ -246,8 +246,9 @@ def merge_adapter(adapter: Path, model_dir: str, target: Path) -> None:
 
 
 def run_training(sft: str | Path | Location, output: str | Path | Location, settings: TrainSettings,
-                 progress: bool = True) -> TrainResult:
-    """Train every round (see the module docstring); the weights of the last round are the result."""
+                 progress: bool = True, start_weights: str | None = None) -> TrainResult:
+    """Train every round (see the module docstring), the first from ``start_weights`` (an earlier
+    training's adapter, a path or URI) if given; the weights of the last round are the result."""
     started = time.perf_counter()
     sft, output = Location.of(sft), Location.of(output)
     rounds = find_rounds(sft, settings.continual)
@@ -259,7 +260,7 @@ def run_training(sft: str | Path | Location, output: str | Path | Location, sett
     weights: list[str] = []  # relative to output (and to staging)
     state: dict[str, Any] = {}
     examples = dropped = 0
-    previous: str | None = None
+    previous = start_weights
     for r in rounds:
         done, state, n, too_long = run_round(r, output, staging, settings, model_dir, toolkens, previous, progress)
         weights.append(done)
