@@ -178,3 +178,14 @@ def test_per_tool_limits_are_typed_and_merge_over_the_defaults():
         from_dict(ToolCallConfig, {"per_tool": {"add_date": {"rate": 2}}})
     with pytest.raises(ConfigError, match=r"^per_tool\.add_date\.burst: must be at least 1"):
         from_dict(ToolCallConfig, {"per_tool": {"add_date": {"burst": 0}}})
+
+
+def test_pipeline_stages_follow_the_number_of_rounds():
+    from ste_ray.pipeline import PipelineSettings, stage_names
+
+    assert stage_names(2) == ["explore", "exploit", "train", "explore_2", "exploit_2", "train_2", "evaluate"]
+    PipelineSettings(rounds=2, from_stage="train_2").validate()
+    with pytest.raises(ConfigError, match="'explore_2' is not a stage of 1 round"):
+        PipelineSettings(from_stage="explore_2").validate()
+    with pytest.raises(ConfigError, match="comes after until_stage"):
+        PipelineSettings(from_stage="train", until_stage="explore").validate()

@@ -193,6 +193,25 @@ async def test_grounded_imagination_writes_the_request_from_an_executed_call(ray
         assert "A user asked for something" not in e.conversation and "Write one call of this API" not in e.conversation
 
 
+async def test_a_later_round_has_another_model_write_the_requests_and_remembers_the_earlier_round(
+        ray_session, engine, tmp_path):
+    """Iterated STE's exploration: the imaginer writes each request in a request of its own, so the
+    explorer's conversation starts at the trial; the long-term memory starts with the earlier round's
+    requests."""
+    settings = ExploreSettings(num_episodes=1, **TINY)
+    spec = add_date()
+    await run_exploration(engine, [spec], settings, tool_cfg(), tmp_path / "round_1", "r7", progress=False)
+    result = await run_exploration(engine, [spec], settings, tool_cfg(), tmp_path / "round_2", "r8", progress=False,
+                                   imaginer=engine, earlier_rounds=[tmp_path / "round_1"])
+    assert result.failures == []
+    (episode,) = read_records(tmp_path / "round_2" / "episodes", Episode)
+    assert episode.memory_size == len(read_records(tmp_path / "round_1" / "trials", Trial)) == 1
+    (trial,) = read_records(tmp_path / "round_2" / "trials", Trial)
+    first, reply = json.loads(episode.conversation)[:2]
+    assert f'handle this request: "{trial.query}"' in first["content"] and "Write one realistic" not in first["content"]
+    assert reply["role"] == "assistant"  # the explorer's first words are its trial's first turn
+
+
 def test_shards_count_a_trial_only_with_its_runs_episode_row(tmp_path):
     """A run killed between a shard's trials and its episode rows leaves trial rows behind; the run
     that resumes writes the episode again: its trials count once, the orphans never."""

@@ -2,7 +2,8 @@
 teacher), with its output on object storage (moto's S3 server, see conftest.py): a finished stage is
 skipped, a pipeline killed during training continues from the training checkpoint on S3 when run
 again, the fine-tuned model is served from S3 (each replica downloads it) and measured beside its base
-model, and a third run has nothing left to do. The stages on a local directory: their own tests."""
+model, a third run has nothing left to do, and a fourth with a second round explores with the
+fine-tuned student. The stages on a local directory: their own tests."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ste_ray.runs import update_manifest
+from ste_ray.runs import read_manifest, update_manifest
+from ste_ray.schema import Episode, Trial, read_records
 from ste_ray.storage import Location
 from tests.conftest import free_port
 from tests.exploration_data import CALLS, faithful_trials, write_exploration
@@ -89,6 +91,25 @@ def test_pipeline_skips_finished_stages_and_resumes_training_after_a_kill(tmp_pa
     for stage in ("explore", "exploit", "train", "evaluate"):
         assert f"{stage}: complete, skipped" in third.stdout
     assert list((tmp_path / "logs").glob("pipeline-*.log"))
+
+    # Iterated STE: a second round explores with round 1's fine-tuned student making the trials
+    # (exploitation and training of a round are round 1's code, with the start weights of test_train;
+    # the whole second round is measured in results/pipeline_outcome_rounds2.json).
+    fourth = subprocess.run(command(output) + ["--pipeline.rounds", "2", "--until", "explore_2",
+                                               "--explore.num_episodes", "1", "--explore.num_stm_slots", "1"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert fourth.returncode == 0, fourth.stdout[-3000:] + fourth.stderr[-3000:]
+    for stage in ("explore", "exploit", "train"):
+        assert f"{stage}: complete, skipped" in fourth.stdout
+    assert "explore_2: serving tuned as the explorer" in fourth.stdout and "evaluate: not asked for" in fourth.stdout
+    explored = read_manifest(output / "explore_2")
+    assert explored["status"] == "finished" and (explored["model"], explored["imaginer"]) == ("tuned", "teacher")
+    episodes = read_records(output / "explore_2" / "episodes", Episode)
+    round_1 = [t.api for t in read_records(output / "explore" / "trials", Trial)]
+    assert sorted(e.api for e in episodes) == sorted(set(round_1))  # one episode per API
+    assert all(e.memory_size == round_1.count(e.api) for e in episodes)  # it remembers round 1's requests
+    trials = read_records(output / "explore_2" / "trials", Trial)
+    assert len(trials) == len(episodes) and sum(t.num_calls for t in trials) >= 1  # the student's calls really ran
     for stage in ("exploit", "train"):  # the local working copies of an output on object storage
         shutil.rmtree(output.staging_dir(stage), ignore_errors=True)
 

@@ -88,6 +88,8 @@ def test_turn_grammar_accepts_valid_calls_only():
     ok = 'Thought: add it\nAction: add_date\nAction Input: {"date": "2022-10-14", "days": 90}'
     assert accepts(g, ok) and parse_turn(ok, ["add_date"]).arguments == {"date": "2022-10-14", "days": 90}
     assert accepts(g, "Thought: done\nFinal Answer: 2023-01-12")
+    out_of_calls = grammar([])  # exploration's turn after the last call allowed
+    assert accepts(out_of_calls, "Thought: done\nFinal Answer: 2023-01-12") and not accepts(out_of_calls, ok)
     for bad in ['Thought: x\nAction: add_date\nAction Input: {"date": "2022-10-14"}',  # a required key missing
                 'Thought: x\nAction: add_date\nAction Input: {"date": "2022-10-14", "days": "90"}',  # wrong type
                 'Thought: x\nAction: add_date\nAction Input: {"date": "2022-10-14", "days": 090}',  # not JSON

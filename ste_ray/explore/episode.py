@@ -9,7 +9,8 @@
                  the call, and a trial whose call matches it carries a verified label
     trial        the explorer answers in the ReAct format; each Action is really executed through
                  the tool-call actors and its result comes back as the Observation; a turn that does
-                 not parse gets a corrective Observation instead; up to ``max_turn`` calls
+                 not parse gets a corrective Observation instead; up to ``max_turn`` calls (constrained,
+                 the turn after the last call can only be the final answer)
     reflection   the explorer says whether it fulfilled the request (Yes/No)
 
 With an ``imaginer`` (iterated STE: a fine-tuned student makes the trials), another model writes the
@@ -264,8 +265,9 @@ async def run_trial(llm: LLMClient, tools: ToolBox, spec: ToolSpec, task: Episod
     for turn_index in range(settings.max_turn + 1):
         turn_started = time.perf_counter()
         constraint = None
-        if settings.constrained:  # with call_first, no final answer before a call
-            constraint = grammar_request(turn_grammar(tools_of_turn, allow_final=calls > 0 or not settings.call_first))
+        if settings.constrained:  # with call_first, no final answer before a call; out of calls, only an answer
+            callable_tools = tools_of_turn if calls < settings.max_turn else []
+            constraint = grammar_request(turn_grammar(callable_tools, allow_final=calls > 0 or not settings.call_first))
         text = await chat.ask(llm, temperature=settings.trial_temperature, max_tokens=settings.turn_max_tokens,
                               stop=STOP, seed=None if seed is None else seed + 1 + turn_index, extra_body=constraint)
         turn = parse_turn(text, [spec.name])

@@ -115,7 +115,7 @@ def summarize(output: Location) -> list[list[Any]]:
 async def run_exploration(endpoint: Endpoint, specs: list[ToolSpec], settings: ExploreSettings,
                           tool_cfg: ToolCallConfig, output: str | Path | Location, run_id: str,
                           progress: bool = True, imaginer: Endpoint | None = None,
-                          earlier_rounds: list[Location] = ()) -> ExplorationResult:
+                          earlier_rounds: list[str | Path | Location] = ()) -> ExplorationResult:
     """Explore every API of ``specs``: ``settings.num_episodes`` episodes each, minus those an
     earlier run already finished in ``output``. Writes each episode as soon as it finishes.
     ``imaginer`` writes the requests instead of the explorer (see episode.py); the long-term memory
@@ -130,7 +130,7 @@ async def run_exploration(endpoint: Endpoint, specs: list[ToolSpec], settings: E
                 settings = dataclasses.replace(settings, constrained=False)
     finished, memory = load_progress(output)
     for earlier in reversed(earlier_rounds):
-        for api, entries in load_progress(earlier)[1].items():
+        for api, entries in load_progress(Location.of(earlier))[1].items():
             memory[api] = entries + memory.get(api, [])
     pending = {s.name: [i for i in range(settings.num_episodes) if episode_id(s.name, i) not in finished] for s in specs}
     total = settings.num_episodes * len(specs)
