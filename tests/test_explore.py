@@ -195,9 +195,9 @@ async def test_grounded_imagination_writes_the_request_from_an_executed_call(ray
 
 async def test_a_later_round_has_another_model_write_the_requests_and_remembers_the_earlier_round(
         ray_session, engine, tmp_path):
-    """Iterated STE's exploration: the imaginer writes each request in a request of its own, so the
-    explorer's conversation starts at the trial; the long-term memory starts with the earlier round's
-    requests."""
+    """Iterated STE's exploration: the imaginer writes each request and the final answer in requests of
+    its own, so the explorer's conversation starts at the trial and holds no such answer; the long-term
+    memory starts with the earlier round's requests."""
     settings = ExploreSettings(num_episodes=1, **TINY)
     spec = add_date()
     await run_exploration(engine, [spec], settings, tool_cfg(), tmp_path / "round_1", "r7", progress=False)
@@ -210,6 +210,8 @@ async def test_a_later_round_has_another_model_write_the_requests_and_remembers_
     first, reply = json.loads(episode.conversation)[:2]
     assert f'handle this request: "{trial.query}"' in first["content"] and "Write one realistic" not in first["content"]
     assert reply["role"] == "assistant"  # the explorer's first words are its trial's first turn
+    assert trial.num_calls >= 1 and trial.final_answer  # call_first: a call was made, so the imaginer answered
+    assert f"Final Answer: {trial.final_answer}" not in episode.conversation
 
 
 def test_shards_count_a_trial_only_with_its_runs_episode_row(tmp_path):

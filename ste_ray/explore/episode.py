@@ -14,7 +14,9 @@
     reflection   the explorer says whether it fulfilled the request (Yes/No)
 
 With an ``imaginer`` (iterated STE: a fine-tuned student makes the trials), another model writes the
-requests, each in a request of its own, and the explorer's conversation starts at the trial.
+requests, each in a request of its own, and the explorer's conversation starts at the trial; the
+imaginer also writes the trial's final answer from the calls' results, since a student fine-tuned
+on calls alone answers with an API's name. Exploitation checks that answer as it checks any.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from ste_ray.client import ChatResult, LLMClient, LLMRequestError
 from ste_ray.constrained import REFLECTION_REGEX, grammar_request, regex_request, turn_grammar
 from ste_ray.explore.settings import ExploreSettings
 from ste_ray.queries import call_values, missing_value, query_problem
-from ste_ray.react import STOP, parse_reflection, parse_turn, reflection_prompt, trial_prompt
+from ste_ray.react import STOP, format_call, parse_reflection, parse_turn, reflection_prompt, trial_prompt
 from ste_ray.schema import Episode, Step, Trial
 from ste_ray.tools.calls import ToolBox
 from ste_ray.tools.spec import ToolSpec
@@ -75,6 +77,13 @@ def request_prompt(spec: ToolSpec, arguments: dict[str, Any], observation: str, 
             f"Call: {spec.name} with {json.dumps(arguments, ensure_ascii=False)}\nResult: {observation[:600]}\n\n"
             f"Write the user's request: one sentence in plain words, as a person would ask it{stated}. Not code, "
             "not JSON, and not the API's name.")
+
+
+def answer_prompt(query: str, steps: list[Step]) -> str:
+    calls = "\n".join(f"{format_call(s.action, s.action_input or '')}\nObservation: {s.observation[:600]}"
+                      for s in steps if s.action and not s.parse_error)
+    return (f'A user asked: "{query}"\nThese API calls were made for the request, with their results:\n\n{calls}\n\n'
+            "Write the final answer to the user: one sentence that uses the results.")
 
 
 def values_to_state(arguments: dict[str, Any]) -> list[str]:
@@ -290,6 +299,12 @@ async def run_trial(llm: LLMClient, tools: ToolBox, spec: ToolSpec, task: Episod
                           observation=observation, parse_error=turn.error, tool_error_kind=tool_error_kind,
                           latency_s=time.perf_counter() - turn_started))
         chat.add("user", f"Observation: {observation}")
+    if imaginer and calls:
+        result = await imaginer.chat([{"role": "user", "content": answer_prompt(query, steps)}], temperature=0.0,
+                                     max_tokens=settings.query_max_tokens)
+        chat.count(result)
+        line = next((ln for ln in result.text.splitlines() if ln.strip()), "")
+        final_answer = re.sub(r"^\s*(Final Answer|Answer)\s*:\s*", "", line, flags=re.I).strip()
     reflection, success = None, None
     if not settings.no_reflection:
         chat.add("user", reflection_prompt(query))
