@@ -9,9 +9,10 @@ base model on one endpoint, and both are measured on the held-out benchmark quer
 APIs: base, base with demonstrations from the explored data, fine-tuned, fine-tuned constrained.
 
 Iterated STE (``--pipeline.rounds 2`` or more): round k explores again with round k-1's fine-tuned
-student making the trials (served beside the teacher, which still writes the requests, judges and
-paraphrases: the student cannot write requests), starting from the requests of the rounds before it
-in long-term memory; it is exploited like round 1, and trained on from round k-1's adapter. Each
+student making the calls (served beside the teacher, which still writes the requests and the final
+answers from the calls' results, judges and paraphrases: the student learned calls, not requests or
+answers), starting from the requests of the rounds before it in long-term memory; it is exploited
+like round 1, and trained on from round k-1's adapter. Each
 round's student is measured. Stage directories: explore, exploit, train, then explore_2, exploit_2,
 train_2, ..., evaluate.
 """
@@ -156,14 +157,11 @@ class Pipeline:
         explore, exploit, train = (f"{stage}{suffix(k)}" for stage in ROUND_STAGES)
         teacher_eval = k == 1 and self.settings.teacher_eval_limit and self.wanted("evaluate") and \
             not (self.dirs["evaluate"] / "teacher.json").is_file()
-        with contextlib.ExitStack() as stack:
-            teacher = None
-            if self.pending(explore) or self.pending(exploit) or teacher_eval:
-                teacher = stack.enter_context(model_endpoint(self.teacher))
-            explorer = teacher
-            if k > 1 and self.pending(explore):
-                explorer = stack.enter_context(self.served_student(k - 1))
-            self.timed(explore, lambda: self.explore(k, explorer, teacher))
+        needs_teacher = self.pending(explore) or self.pending(exploit) or teacher_eval
+        with model_endpoint(self.teacher) if needs_teacher else contextlib.nullcontext() as teacher:
+            student = self.served_student(k - 1) if k > 1 and self.pending(explore) else None
+            with student or contextlib.nullcontext(teacher) as explorer:  # the student only while it explores
+                self.timed(explore, lambda: self.explore(k, explorer, teacher))
             self.timed(exploit, lambda: self.exploit(k, teacher))
             if teacher_eval:
                 self.evaluate_teacher(teacher)
