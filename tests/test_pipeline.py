@@ -2,8 +2,8 @@
 teacher), with its output on object storage (moto's S3 server, see conftest.py): a finished stage is
 skipped, a pipeline killed during training continues from the training checkpoint on S3 when run
 again, the fine-tuned model is served from S3 (each replica downloads it) and measured beside its base
-model, a third run has nothing left to do, and a fourth with a second round explores with the
-fine-tuned student. The stages on a local directory: their own tests."""
+model, and a third run that adds a second round explores with the fine-tuned student without
+running round 1 again. The stages on a local directory: their own tests."""
 
 from __future__ import annotations
 
@@ -19,9 +19,16 @@ from pathlib import Path
 import psutil
 import pytest
 
+from ste_ray.engine import EngineConfig
+from ste_ray.evaluate import EvalSettings
+from ste_ray.exploit import ExploitSettings
+from ste_ray.explore import ExploreSettings
+from ste_ray.pipeline import Pipeline, PipelineSettings
 from ste_ray.runs import read_manifest, update_manifest
 from ste_ray.schema import Episode, Trial, read_records
 from ste_ray.storage import Location
+from ste_ray.tools.calls import ToolCallConfig
+from ste_ray.train import TrainSettings
 from tests.conftest import free_port
 from tests.exploration_data import CALLS, faithful_trials, write_exploration
 
@@ -86,22 +93,17 @@ def test_pipeline_skips_finished_stages_and_resumes_training_after_a_kill(tmp_pa
     outcome = json.loads((output / "outcome.json").read_text())
     assert outcome["metrics"]["tuned top5"] == metrics["tuned top5"]
 
-    third = subprocess.run(command(output), cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert third.returncode == 0, third.stderr[-3000:]
-    for stage in ("explore", "exploit", "train", "evaluate"):
-        assert f"{stage}: complete, skipped" in third.stdout
-    assert list((tmp_path / "logs").glob("pipeline-*.log"))
-
-    # Iterated STE: a second round explores with round 1's fine-tuned student making the trials
-    # (exploitation and training of a round are round 1's code, with the start weights of test_train;
-    # the whole second round is measured in results/pipeline_outcome_rounds2.json).
-    fourth = subprocess.run(command(output) + ["--pipeline.rounds", "2", "--until", "explore_2",
-                                               "--explore.num_episodes", "1", "--explore.num_stm_slots", "1"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    assert fourth.returncode == 0, fourth.stdout[-3000:] + fourth.stderr[-3000:]
+    # Iterated STE: a third run adds a second round, which explores with round 1's fine-tuned student
+    # making the calls; round 1's stages are not run again (exploitation and training of a round are
+    # round 1's code; the whole second round is measured in results/pipeline_outcome_rounds2.json).
+    third = subprocess.run(command(output) + ["--pipeline.rounds", "2", "--until", "explore_2",
+                                              "--explore.num_episodes", "1", "--explore.num_stm_slots", "1"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
     for stage in ("explore", "exploit", "train"):
-        assert f"{stage}: complete, skipped" in fourth.stdout
-    assert "explore_2: serving tuned as the explorer" in fourth.stdout and "evaluate: not asked for" in fourth.stdout
+        assert f"{stage}: complete, skipped" in third.stdout
+    assert "explore_2: serving tuned as the explorer" in third.stdout and "evaluate: not asked for" in third.stdout
+    assert list((tmp_path / "logs").glob("pipeline-*.log"))
     explored = read_manifest(output / "explore_2")
     assert explored["status"] == "finished" and (explored["model"], explored["imaginer"]) == ("tuned", "teacher")
     episodes = read_records(output / "explore_2" / "episodes", Episode)
@@ -112,6 +114,21 @@ def test_pipeline_skips_finished_stages_and_resumes_training_after_a_kill(tmp_pa
     assert len(trials) == len(episodes) and sum(t.num_calls for t in trials) >= 1  # the student's calls really ran
     for stage in ("exploit", "train"):  # the local working copies of an output on object storage
         shutil.rmtree(output.staging_dir(stage), ignore_errors=True)
+
+
+def test_evaluation_is_complete_only_with_a_row_for_every_student(tmp_path):
+    """A finished evaluation is skipped, unless a round was added whose student has no row yet."""
+    def pipeline(rounds: int) -> Pipeline:
+        return Pipeline(Location.of(tmp_path), PipelineSettings(rounds=rounds, apis=["add_date"]), EngineConfig(),
+                        EngineConfig(), ExploreSettings(), ToolCallConfig(), ExploitSettings(), TrainSettings(),
+                        EvalSettings(), say=print)
+
+    update_manifest(tmp_path / "evaluate", {"status": "finished"})
+    rows = ["base top5", "base top5+demos4", "tuned top5", "tuned top5+constrained"]
+    (tmp_path / "evaluate" / "metrics.json").write_text(json.dumps({row: {} for row in rows}))
+    assert pipeline(1).complete("evaluate") and not pipeline(1).unmeasured()
+    later = pipeline(2)
+    assert not later.complete("evaluate") and list(later.unmeasured()) == ["tuned_2"]
 
 
 def _group(process: psutil.Process) -> int | None:
