@@ -49,7 +49,7 @@ def sft_examples(toolkens: bool, copies: int) -> list[SFTExample]:
         for i, t in enumerate(trials):
             row = {"example_id": f"{copy}-{i}", "api": t.api, "seed_key": f"{copy}-{i}", "query": t.query,
                    "paraphrase": False, "action_input": t.steps[0].action_input, "observation": "", "final_answer": ""}
-            examples.append(SFTExample(**formatter.example(row)))
+            examples.append(SFTExample(**formatter.example(row, [])))
     return examples
 
 
