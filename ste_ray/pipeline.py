@@ -118,6 +118,10 @@ class Pipeline:
         self.tool_calls = dataclasses.replace(tool_calls, per_tool={**source_limits, **tool_calls.per_tool})
         self.runs: list[StageRun] = []
 
+    def dir(self, stage: str, k: int) -> Location:
+        """The output directory of ``stage`` (explore, exploit or train) in round ``k``."""
+        return self.dirs[f"{stage}{suffix(k)}"]
+
     def wanted(self, stage: str) -> bool:
         first, last = self.stages.index(self.settings.from_stage), self.stages.index(self.settings.until_stage)
         return first <= self.stages.index(stage) <= last
@@ -131,8 +135,8 @@ class Pipeline:
 
     def timed(self, stage: str, work: Callable[[], None]) -> None:
         directory = self.dirs[stage]
-        if not self.pending(stage):
-            complete = self.complete(stage)
+        complete = self.complete(stage)
+        if complete or not self.wanted(stage):
             earlier = read_manifest(self.output).get("stages", {}).get(stage, {})  # its time in the run that did it
             self.runs.append(StageRun(stage, True, earlier.get("wall_s", 0.0) if complete else 0.0))
             self.say(f"{stage}: " + ("complete, skipped" if complete else "not asked for"))
@@ -175,7 +179,7 @@ class Pipeline:
         engine = dataclasses.replace(self.student, app_name=f"{self.student.app_name}-explorer")
         name = f"tuned{suffix(k)}"
         self.say(f"explore{suffix(k + 1)}: serving {name} as the explorer")
-        served = serve_models(engine, ServeSettings(models={name: self.dirs[f"train{suffix(k)}"].uri()}),
+        served = serve_models(engine, ServeSettings(models={name: self.dir("train", k).uri()}),
                               route_prefix="/explorer")
         try:
             yield served
@@ -185,7 +189,7 @@ class Pipeline:
     # -----------------------------------------------------------------------------------------
 
     def explore(self, k: int, explorer: Endpoint, teacher: Endpoint) -> None:
-        output = self.dirs[f"explore{suffix(k)}"]
+        output = self.dir("explore", k)
         check_output(output, resume=True)
         imaginer = teacher if explorer is not teacher else None
         atomic_write_text(output / "tools.json", json.dumps([s.record() for s in self.specs], indent=1,
@@ -195,25 +199,25 @@ class Pipeline:
                                  "apis": [s.name for s in self.specs],
                                  "tool_specs_sha256": tool_specs_hash(s.openai() for s in self.specs),
                                  "settings": dataclasses.asdict(self.explore_settings), "packages": package_versions()})
-        earlier = [self.dirs[f"explore{suffix(j)}"] for j in range(1, k)]
+        earlier = [self.dir("explore", j) for j in range(1, k)]
         result = asyncio.run(run_exploration(explorer, self.specs, self.explore_settings, self.tool_calls, output,
                                              uuid.uuid4().hex[:12], imaginer=imaginer, earlier_rounds=earlier))
         update_manifest(output, {"status": "finished", "finished": now(), "episodes_done": result.episodes_done,
                                  "episodes_before": result.episodes_before, "failures": result.failures})
 
     def exploit(self, k: int, teacher: Endpoint) -> None:
-        output = self.dirs[f"exploit{suffix(k)}"]
+        output = self.dir("exploit", k)
         constrained = asyncio.run(_probe(teacher))
-        result = run_exploit(self.dirs[f"explore{suffix(k)}"], output, self.exploit_settings, teacher, None, constrained)
+        result = run_exploit(self.dir("explore", k), output, self.exploit_settings, teacher, None, constrained)
         write_report(output, result.funnel, result.datasets, result.judge_errors, [])
         update_manifest(output, {"status": "finished", "finished": now(), "funnel": result.funnel,
                                  "datasets": result.datasets, "judge_errors": result.judge_errors})
 
     def train(self, k: int) -> None:
-        output = self.dirs[f"train{suffix(k)}"]
+        output = self.dir("train", k)
         settings = dataclasses.replace(self.train_settings, merge=True)
-        start = (self.dirs[f"train{suffix(k - 1)}"] / weights_name(settings)).uri() if k > 1 else None
-        result = run_training(self.dirs[f"exploit{suffix(k)}"] / "sft", output, settings, start_weights=start)
+        start = (self.dir("train", k - 1) / weights_name(settings)).uri() if k > 1 else None
+        result = run_training(self.dir("exploit", k) / "sft", output, settings, start_weights=start)
         (output / "metrics.json").write_text(json.dumps({"history": result.history, "examples": result.examples,
                                                          "dropped_too_long": result.dropped_too_long,
                                                          "resumed_at": result.resumed_at, "start_weights": start},
@@ -238,7 +242,7 @@ class Pipeline:
 
     def students(self) -> dict[str, tuple[str, list[str]]]:
         """Served name → (what to serve, evaluation settings): the base student and each round's."""
-        tuned = {f"tuned{suffix(k)}": (self.dirs[f"train{suffix(k)}"].uri(), self.settings.tuned_settings)
+        tuned = {f"tuned{suffix(k)}": (self.dir("train", k).uri(), self.settings.tuned_settings)
                  for k in range(1, self.settings.rounds + 1)}
         return {"base": (self.train_settings.model, self.settings.student_settings), **tuned}
 
@@ -307,12 +311,12 @@ class Pipeline:
         funnels = {}
         for k in range(1, self.settings.rounds + 1):
             of_round = f", round {k}" if self.settings.rounds > 1 else ""
-            funnel = read_manifest(self.dirs[f"exploit{suffix(k)}"]).get("funnel")
+            funnel = read_manifest(self.dir("exploit", k)).get("funnel")
             if funnel:
                 funnels[k] = funnel
                 headers, table = funnel_table(funnel)
                 lines += [f"## Data funnel{of_round}", "", markdown_table(headers, table), ""]
-            train = self.dirs[f"train{suffix(k)}"]
+            train = self.dir("train", k)
             if (train / "metrics.json").is_file():
                 history = json.loads((train / "metrics.json").read_text())["history"]
                 lines += [f"## Training{of_round}", "", f"{history[-1]['step']} steps; loss {history[0]['loss']:.3f} → "

@@ -254,19 +254,19 @@ async def run_trial(llm: LLMClient, tools: ToolBox, spec: ToolSpec, task: Episod
         grounded = await grounded_request(imaginer or llm, tools, spec, task.memory, settings, chat)
     if grounded:
         query, grounding = grounded
-        chat.add("user", (api_introduction(spec) if slot == 0 else "") + trial_prompt(spec.name, query))
     elif imaginer:
         result = await imaginer.chat([{"role": "user", "content": imagination_prompt(spec, task.memory, settings)}],
                                      temperature=settings.imagination_temperature,
                                      max_tokens=settings.query_max_tokens, seed=seed)
         chat.count(result)
         query = clean_query(result.text)
-        chat.add("user", (api_introduction(spec) if slot == 0 else "") + trial_prompt(spec.name, query))
     else:
         chat.add("user", imagination_prompt(spec, task.memory, settings) if slot == 0 else NEXT_QUERY_PROMPT)
         query = clean_query(await chat.ask(llm, temperature=settings.imagination_temperature,
                                            max_tokens=settings.query_max_tokens, seed=seed))
-        chat.add("user", trial_prompt(spec.name, query))
+    # A request imagined outside the conversation finds the API not introduced yet on the first slot.
+    introduce = slot == 0 and bool(grounded or imaginer)
+    chat.add("user", (api_introduction(spec) if introduce else "") + trial_prompt(spec.name, query))
     tools_of_turn = [(spec.name, spec.parameters)]
     steps: list[Step] = []
     final_answer = None
