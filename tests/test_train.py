@@ -17,6 +17,8 @@ from ste_ray.benchmark import Benchmark
 from ste_ray.exploit.sft import FormatExamples, catalogue, toolken
 from ste_ray.model import resolve_model
 from ste_ray.schema import SFTExample, write_records
+from ste_ray.serve import merged_model
+from ste_ray.storage import Location
 from ste_ray.train import TrainInputError, TrainSettings, run_training
 from ste_ray.train.data import IGNORE, tokenize_chat
 from ste_ray.train.run import check_model, check_workers, find_rounds
@@ -223,3 +225,13 @@ def test_the_served_model_answers_through_the_openai_api_behind_a_key(trained, t
     finally:
         stop_group(server, signal.SIGINT, timeout_s=60)
         log.close()
+
+
+def test_a_fully_fine_tuned_output_is_served_from_its_model_directory(tmp_path):
+    """A training output without an adapter (--train.method full) serves train/model/; a Hugging Face
+    directory and a packaged model name are served as given."""
+    (tmp_path / "train" / "model").mkdir(parents=True)
+    (tmp_path / "train" / "model" / "config.json").write_text("{}")
+    assert merged_model(str(tmp_path / "train")) == Location.of(tmp_path / "train" / "model").uri()
+    assert merged_model(str(tmp_path / "train" / "model")) == str(tmp_path / "train" / "model")
+    assert merged_model("embedded") == "embedded"

@@ -58,7 +58,8 @@ def merged_model(source: str) -> str:
     output = Location.of(source)
     adapter = output / "adapter"
     if not (adapter / "adapter_config.json").is_file():
-        return source
+        full = output / "model"  # full fine-tuning writes the whole model there
+        return full.uri() if (full / "config.json").is_file() else source
     if not (output / "merged" / "config.json").is_file():
         staging = output.staging_dir("train")
         local_adapter = adapter.download(staging / "adapter")
