@@ -32,3 +32,16 @@ class Retriever:
             skip = exclude[i] if exclude else set()
             result.append([j for j in order if j not in skip][:k])
         return result
+
+    @classmethod
+    def nearest_names(cls, queries, keys, names: list[str], k: int, keep: list[str] | None = None) -> list[list[str]]:
+        """For each query, the names of its k nearest keys (best first). With ``keep``, query i's
+        ``keep[i]`` is always among them, in place of the k-th when retrieval missed it: evaluation's
+        ``top5+oracle``, and the tools exploitation shows beside an example's own API."""
+        result = []
+        for i, nearest in enumerate(cls.top_k(queries, keys, k)):
+            found = [names[j] for j in nearest]
+            if keep and keep[i] not in found:
+                found = found[:-1] + [keep[i]]
+            result.append(found)
+        return result

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from ste_ray.benchmark import Benchmark, benchmark_dir
 from ste_ray.embeddings import Retriever
@@ -141,6 +142,14 @@ def test_retrieval_finds_the_hand_checked_neighbours(benchmark):
     pool = ["Will it snow in Denver this weekend?", "What is 17 days after 2021-12-25?", queries[0]]
     nearest = Retriever.top_k(retriever.embed(queries[:2]), retriever.embed(pool), k=1, exclude=[{2}, set()])
     assert nearest == [[1], [0]]
+
+
+def test_nearest_names_keeps_the_required_name_in_place_of_the_last():
+    keys, names = torch.eye(4), ["a", "b", "c", "d"]
+    queries = torch.tensor([[1.0, 0.5, 0.2, 0.0], [0.0, 0.1, 0.3, 1.0]])
+    assert Retriever.nearest_names(queries, keys, names, 2) == [["a", "b"], ["d", "c"]]
+    assert Retriever.nearest_names(queries, keys, names, 2, keep=["d", "d"]) == [["a", "d"], ["d", "c"]]
+    assert Retriever.nearest_names(queries, keys, names, 3, keep=["b", "a"]) == [["a", "b", "c"], ["d", "c", "a"]]
 
 
 def test_bad_input_fails_before_any_work(tmp_path):

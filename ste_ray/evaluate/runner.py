@@ -211,12 +211,8 @@ async def run_setting(client: LLMClient, benchmark: Benchmark, queries: list[Que
         query_vecs = retriever.embed(texts)
     if setting.top:
         tool_vecs = retriever.embed([benchmark.block(a) for a in api_names])
-        tool_lists = []
-        for q, idx in zip(queries, Retriever.top_k(query_vecs, tool_vecs, setting.top)):
-            found = [api_names[j] for j in idx]
-            if setting.oracle and q.api not in found:
-                found = found[:-1] + [q.api]
-            tool_lists.append(found)
+        tool_lists = Retriever.nearest_names(query_vecs, tool_vecs, api_names, setting.top,
+                                             keep=[q.api for q in queries] if setting.oracle else None)
     demo_lists: list[list[dict]] = [[] for _ in queries]
     if setting.demos:
         demo_vecs = retriever.embed([d["query"] for d in demo_pool])

@@ -26,7 +26,7 @@ from ste_ray.config import fail, option
 from ste_ray.engine import EngineConfig, deploy
 from ste_ray.model import resolve_model
 from ste_ray.storage import Location
-from ste_ray.train.run import merge_adapter
+from ste_ray.train.run import WEIGHTS_DIRS, merge_adapter
 
 
 @dataclasses.dataclass
@@ -56,13 +56,13 @@ def merged_model(source: str) -> str:
     if "://" not in source and not Path(source).is_dir():
         return source  # 'embedded', 'teacher', a hub id
     output = Location.of(source)
-    adapter = output / "adapter"
+    adapter = output / WEIGHTS_DIRS["lora"]
     if not (adapter / "adapter_config.json").is_file():
-        full = output / "model"  # full fine-tuning writes the whole model there
+        full = output / WEIGHTS_DIRS["full"]
         return full.uri() if (full / "config.json").is_file() else source
     if not (output / "merged" / "config.json").is_file():
         staging = output.staging_dir("train")
-        local_adapter = adapter.download(staging / "adapter")
+        local_adapter = adapter.download(staging / WEIGHTS_DIRS["lora"])
         merge_adapter(local_adapter, resolve_model(adapter_base(local_adapter)), staging / "merged")
         (output / "merged").upload(staging / "merged")
     return (output / "merged").uri()

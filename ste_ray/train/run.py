@@ -224,8 +224,12 @@ def run_round(r: Round, output: Location, staging: Path, settings: TrainSettings
     return relative, state, n_train, long_train + long_validation
 
 
+# Where a training output keeps its weights, by method (serving looks for both).
+WEIGHTS_DIRS = {"lora": "adapter", "full": "model"}
+
+
 def weights_name(settings: TrainSettings) -> str:
-    return "adapter" if settings.method == "lora" else "model"
+    return WEIGHTS_DIRS[settings.method]
 
 
 def merge_adapter(adapter: Path, model_dir: str, target: Path) -> None:
