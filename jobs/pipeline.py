@@ -40,12 +40,14 @@ class PipelineConfig:
     student: EngineConfig = option(default_factory=lambda: EngineConfig(max_model_len=4096),
                                    help="How the student, base and fine-tuned, is served for evaluation")
     explore: ExploreSettings = option(
-        default_factory=lambda: ExploreSettings(imagination="grounded", num_episodes=4, num_stm_slots=2, max_turn=2,
+        default_factory=lambda: ExploreSettings(imagination="grounded", num_episodes=8, num_stm_slots=2, max_turn=2,
                                                 turn_max_tokens=256),
         help="Exploration by the teacher")
     tool_calls: ToolCallConfig = option(default_factory=ToolCallConfig, help="Tool-call limits")
     exploit: ExploitSettings = option(default_factory=ExploitSettings, help="Exploitation")
-    train: TrainSettings = option(default_factory=TrainSettings, help="Fine-tuning of the student")
+    # Full fine-tuning and 8 episodes per API measured best for the embedded student (README, "The pipeline").
+    train: TrainSettings = option(default_factory=lambda: TrainSettings(method="full"),
+                                  help="Fine-tuning of the student (default: full fine-tuning)")
     eval: EvalSettings = option(default_factory=lambda: EvalSettings(max_in_flight=16), help="The measurement")
     output: str = option("outputs/pipeline", help="Output directory or filesystem URI (s3://...): one directory per "
                                                   "stage, report.md, outcome.png")

@@ -12,7 +12,7 @@ Iterated STE (``--pipeline.rounds 2`` or more): round k explores again with roun
 student making the calls (served beside the teacher, which still writes the requests and the final
 answers from the calls' results, judges and paraphrases: the student learned calls, not requests or
 answers), starting from the requests of the rounds before it in long-term memory; it is exploited
-like round 1, and trained on from round k-1's adapter. Each
+like round 1, and trained on from round k-1's weights. Each
 round's student is measured. Stage directories: explore, exploit, train, then explore_2, exploit_2,
 train_2, ..., evaluate.
 """
@@ -68,7 +68,7 @@ class PipelineSettings:
                                              "train, their round-k forms explore_k, exploit_k, train_k, or evaluate")
     until_stage: str = option("evaluate", help="Stop after this stage")
     rounds: int = option(1, help="Exploration rounds (iterated STE): round k >= 2 explores with round k-1's fine-tuned "
-                                 "student making the trials and trains on from its adapter", ge=1)
+                                 "student making the trials and trains on from its weights", ge=1)
     tools: list[ToolSource] = option(default_factory=lambda: [ToolSource("ste")], help="Tool sources, as for jobs/explore.py")
     apis: list[str] = option(default_factory=list, help="Only these APIs")
     teacher_eval_limit: int = option(

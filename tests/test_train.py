@@ -145,13 +145,19 @@ def test_the_adapter_loads_in_vllm_and_changes_its_output(trained, tmp_path):
     assert outputs["tuned"].startswith("Action: add_date\nAction Input: {")  # what it was trained to write
 
 
-def test_a_killed_worker_resumes_from_the_last_checkpoint_with_toolkens(ray_session, tmp_path):
-    """A training worker is killed once the first checkpoint is stored; Ray Train restarts the workers
-    from it and the run ends with every planned step. The toolkens survive in the saved tokenizer."""
+def test_full_fine_tuning_resumes_after_a_killed_worker_and_learns_the_calls_with_toolkens(ray_session, tmp_path):
+    """Full fine-tuning (the pipeline's default for the student), every weight and the optimizer's
+    state in each checkpoint: a training worker is killed once the first checkpoint is stored, Ray
+    Train restarts the workers from it, and the run ends with every planned step. The whole model is
+    written to model/ (what serving loads), the toolkens survive in its tokenizer, and the model
+    calls the trained tool by its toolken."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     sft = write_sft(tmp_path / "sft", toolkens=True)
     # With gradient checkpointing: the recompute path trains (and resumes) too.
-    settings = TrainSettings(batch_size=2, effective_batch_size=4, epochs=2, checkpoint_every=1, max_failures=2,
-                             gradient_checkpointing=True)
+    settings = TrainSettings(method="full", batch_size=2, effective_batch_size=4, epochs=2, checkpoint_every=2,
+                             max_failures=2, gradient_checkpointing=True)
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.update(result=run_training(sft, tmp_path / "out", settings,
                                                                                 progress=False)))
@@ -171,14 +177,22 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_with_toolkens(ray_sess
     result = outcome["result"]
     assert [h["step"] for h in result.history] == [1, 2, 3, 4, 5, 6]  # every planned step, each once
     assert result.resumed_at and result.resumed_at[0] >= 1  # restarted from a checkpoint, not from scratch
-    from transformers import AutoTokenizer
+    model_dir = Path(merged_model(str(tmp_path / "out")))
+    assert model_dir == tmp_path / "out" / "model" and not (tmp_path / "out" / "adapter").exists()
 
-    tokenizer = AutoTokenizer.from_pretrained(str(result.weights[0]))  # a Location: here a local path
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     base = AutoTokenizer.from_pretrained(resolve_model("embedded"))
     names = json.loads((sft / "toolkens.json").read_text()).values()
     for name in names:
         ids = tokenizer(name, add_special_tokens=False)["input_ids"]
         assert len(ids) == 1 and ids[0] >= len(base)  # one new token each
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    messages = json.loads(sft_examples(toolkens=True, copies=1)[0].messages)[:2]
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                           return_dict=True)
+    output = model.generate(**prompt, max_new_tokens=12, do_sample=False)
+    answer = tokenizer.decode(output[0, prompt["input_ids"].shape[1]:])
+    assert answer.startswith(f"Action: {toolken('add_date')}"), repr(answer)  # the right tool, by its toolken
 
 
 @pytest.mark.engine
