@@ -1,6 +1,6 @@
-"""Training with Ray Train on the embedded model, tiny settings: the masked loss, a real run whose loss
-falls and whose adapter changes vLLM's output, a worker killed mid-run, toolkens, a rerun that does
-nothing, and bad input refused before any worker starts."""
+"""Training with Ray Train on the embedded model, tiny settings: the masked loss, a real LoRA run whose
+loss falls and whose adapter changes vLLM's output, full fine-tuning with toolkens resumed after a
+worker is killed mid-run, a rerun that does nothing, and bad input refused before any worker starts."""
 
 from __future__ import annotations
 
