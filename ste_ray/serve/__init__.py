@@ -52,7 +52,8 @@ class ServeSettings:
 
 def merged_model(source: str) -> str:
     """What to load for a served model: a training output directory (local or a URI) means its
-    merged model (made now from its adapter if training did not merge); anything else as given."""
+    merged model (made now from its adapter if training did not merge), or after full fine-tuning its
+    whole model (``model/``); anything else as given."""
     if "://" not in source and not Path(source).is_dir():
         return source  # 'embedded', 'teacher', a hub id
     output = Location.of(source)
