@@ -56,11 +56,11 @@ def sft_data(directory: Path, count: int) -> list[SFTExample]:
     benchmark = Benchmark.load()
     tools = catalogue(specs, benchmark)
     shown = distractors([s.name for s in specs], tools, 4, benchmark, "")
-    formatter = FormatExamples(tools, shown, toolkens=False, add_tool_response=False, validation_share=0.0, seed=0)
+    formatter = FormatExamples(tools, shown, toolkens=False, add_tool_response=False, seed=0)
     items = [(s.name, item) for s in specs for item in benchmark.tests[s.name]]
     examples = [SFTExample(**formatter.example({
         "example_id": f"{i}", "api": api, "seed_key": f"{i}", "query": item["query"], "paraphrase": False,
-        "action_input": item["action_input"], "observation": "", "final_answer": ""}))
+        "action_input": item["action_input"], "observation": "", "final_answer": "", "split": "train"}, shown[api]))
         for i, (api, item) in ((i, items[i % len(items)]) for i in range(count))]
     write_records(directory / "train" / "part-0.parquet", examples, SFTExample)
     write_records(directory / "validation" / "part-0.parquet", examples[:2], SFTExample)

@@ -19,8 +19,8 @@ from ste_ray.benchmark import Benchmark, benchmark_dir
 from ste_ray.client import LLMError
 from ste_ray.config import fail, job_config, option, to_dict
 from ste_ray.engine import EngineConfig, EngineUnplaceable, endpoint_aliases, model_endpoint
-from ste_ray.evaluate import (METRICS_HEADERS, EvalSettings, Setting, llm_judge, load_demo_pool, metrics_table_rows,
-                              per_batch_rows, run_benchmark, score, select_queries)
+from ste_ray.evaluate import (METRICS_HEADERS, EvalSettings, Setting, llm_judge, load_benchmark, load_demo_pool,
+                              metrics_table_rows, per_batch_rows, run_benchmark, score, select_queries)
 from ste_ray.evaluate.chart import bar_chart
 from ste_ray.evaluate.test_sets import FORMATS, TestSetError, load_test_set, run_test_set
 from ste_ray.model import ModelNotFoundError, resolve_model
@@ -68,6 +68,11 @@ class EvaluateConfig:
     def validate(self) -> None:
         if self.judge_url and not self.judge_model:
             fail("judge_model", "--judge-url needs the model name the judge endpoint serves")
+        if self.judge_model and not self.judge_url:
+            fail("judge_model", "names the model of --judge-url's endpoint; without --judge-url the judge is the model's "
+                                "own endpoint")
+        if self.judge_url and self.judge != "llm":
+            fail("judge_url", f"--judge {self.judge} asks no judge endpoint; --judge-url needs --judge llm")
         if self.predictions and not Path(self.predictions).is_file():
             fail("predictions", f"{self.predictions} is not a file")
         if self.json and not self.predictions:
@@ -155,7 +160,7 @@ def main() -> None:
 
     # Bad input fails here, before the engine starts.
     try:
-        benchmark = Benchmark.load(cfg.eval.benchmark_dir)
+        benchmark = load_benchmark(cfg.eval)
         select_queries(benchmark, cfg.eval.apis, cfg.eval.limit)
         if any(Setting.parse(s).demos for s in cfg.eval.settings):
             load_demo_pool(cfg.eval.demo_pool, benchmark)

@@ -16,7 +16,8 @@ from typing import ClassVar
 from ste_ray.client import LLMError
 from ste_ray.config import Alias, fail, job_config, option, to_dict
 from ste_ray.engine import EngineConfig, EngineUnplaceable, endpoint_aliases, model_endpoint
-from ste_ray.explore import SUMMARY_HEADERS, ExploreSettings, check_output, run_exploration
+from ste_ray.explore import (SUMMARY_HEADERS, ExploreSettings, check_output, failing_calls_warning, run_exploration,
+                             summary_rows)
 from ste_ray.model import ModelNotFoundError
 from ste_ray.report import format_table
 from ste_ray.runs import OutputError, log_file, now, package_versions, prepare_location, tool_specs_hash, update_manifest
@@ -77,9 +78,9 @@ def main() -> None:
             result = asyncio.run(run_exploration(endpoint, specs, cfg.explore, tool_calls, output, run_id))
         update_manifest(output, {"status": "finished", "finished": now(), "episodes_done": result.episodes_done,
                                  "episodes_before": result.episodes_before, "episodes_rerun": result.episodes_rerun,
-                                 "failures": result.failures})
+                                 "failures": result.failures, "summary": result.summary})
         console.print()
-        console.print(format_table(SUMMARY_HEADERS, result.per_api))
+        console.print(format_table(SUMMARY_HEADERS, summary_rows(result.summary)))
         console.print(f"\n{result.episodes_done} episodes in {result.elapsed_s:.0f}s "
                       f"({result.completion_tokens / max(result.elapsed_s, 1e-9):.0f} output tok/s)"
                       + (f", {result.episodes_before} from an earlier run" if result.episodes_before else "")
@@ -87,6 +88,8 @@ def main() -> None:
                       + f"; failed for good: {len(result.failures)}")
         for failure in result.failures:
             console.print(f"  failed {failure['api']} {failure['episode_id']}: {failure['reason']}")
+        if warning := failing_calls_warning(result.summary, cfg.engine.model):
+            console.print(warning)
         console.print(f"wrote {output}/trials/ (one row per trial), {output}/episodes/ (conversations), "
                       f"{output}/tools.json, {output}/manifest.json")
 

@@ -68,13 +68,17 @@ def main() -> None:
             pipeline = Pipeline(output, cfg.pipeline, cfg.teacher, cfg.student, cfg.explore, cfg.tool_calls, cfg.exploit,
                                 cfg.train, cfg.eval, console.print)
             outcome = pipeline.run()
-        update_manifest(output, {"status": "finished", "finished": now(), "outcome": outcome["metrics"],
-                                 "wall_s": round(time.perf_counter() - started, 1)})
+        outcome["wall_s"] = round(time.perf_counter() - started, 1)
+        update_manifest(output, {"status": "finished", "finished": now(), "outcome": outcome["summary"],
+                                 "wall_s": outcome["wall_s"]})
         (output / "outcome.json").write_text(json.dumps(outcome, indent=1))
-        console.print()
-        console.print(format_table(["model / setting", "n", "wellformed %", "api_match %", "correct %"], outcome["rows"]))
+        headers = ["model / setting", "seeds", "n", "wellformed %", "api_match %", "correct %"]
+        for split, title in (("test", "held-out test queries"), ("dev", "development queries")):
+            if outcome["rows"][split]:
+                console.print(f"\n{title}:")
+                console.print(format_table(headers, outcome["rows"][split]))
         console.print("\n" + ", ".join(f"{k} {v['wall_s']:.0f}s" + (" (skipped)" if v["skipped"] else "")
-                                       for k, v in outcome["walls"].items()))
+                                       for k, v in outcome["walls"].items()) + f"; in all {outcome['wall_s']:.0f}s")
         console.print(f"wrote {output}/report.md, {output}/outcome.png, {output}/outcome.json")
 
 

@@ -50,10 +50,11 @@ def main() -> None:
         history = result.history
         (output / "metrics.json").write_text(json.dumps({"history": history, "examples": result.examples,
                                                          "dropped_too_long": result.dropped_too_long,
-                                                         "resumed_at": result.resumed_at}, indent=1))
+                                                         "resumed_at": result.resumed_at,
+                                                         "exported_step": result.exported_step}, indent=1))
         loss_chart(history, output / "loss.png", f"{cfg.train.method} fine-tuning of {cfg.train.model}")
         update_manifest(output, {"status": "finished", "finished": now(), "steps": history[-1]["step"],
-                                 "weights": [str(w) for w in result.weights]})
+                                 "exported_step": result.exported_step, "weights": [str(w) for w in result.weights]})
         rows = [[h["step"], h["epoch"], h["loss"], h.get("validation_loss") or "", h["tokens_per_s"], h["peak_memory_gib"]]
                 for h in history if h.get("validation_loss") is not None or h is history[-1]]
         console.print()
@@ -61,7 +62,9 @@ def main() -> None:
         console.print(f"\n{history[-1]['step']} steps on {result.examples} examples in {result.elapsed_s:.0f}s"
                       + (f"; {result.dropped_too_long} longer than --train.max_seq_len dropped"
                          if result.dropped_too_long else "")
-                      + (f"; resumed from checkpoints at steps {result.resumed_at}" if result.resumed_at else ""))
+                      + (f"; resumed from checkpoints at steps {result.resumed_at}" if result.resumed_at else "")
+                      + (f"; kept the weights of step {result.exported_step} (lowest validation loss)"
+                         if result.exported_step != history[-1]["step"] else ""))
         console.print(f"wrote {', '.join(str(w) for w in result.weights)}, {output}/metrics.json, {output}/loss.png")
 
 

@@ -9,7 +9,10 @@ values at parse time, so that ``validate()`` only checks and never rewrites the 
 
 A job calls ``load_config(JobConfig, argv)``: defaults, then the YAML file given by ``--config``,
 then the aliases and flags, then the declared bounds and ``validate()`` of every nested dataclass.
-Any error names the offending field.
+A dataclass may also define ``validate_given(given, prefix)``: the names of its fields that the YAML
+file or the command line set, for a field that only some other setting uses (a URL that a started
+engine would ignore): a value that cannot take effect is an error, not silence. Any error names the
+offending field.
 """
 
 from __future__ import annotations
@@ -252,13 +255,13 @@ def build_parser(cls: type, description: str | None = None) -> argparse.Argument
     return parser
 
 
-def _check_bounds(cfg: Any, prefix: str) -> None:
+def _check_bounds(cfg: Any, prefix: str, given: frozenset[str]) -> None:
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         sections = {f"{f.name}.{k}": v for k, v in value.items()} if isinstance(value, dict) else {f.name: value}
         for path, section in sections.items():
             if dataclasses.is_dataclass(section):
-                validate_all(section, f"{prefix}{path}.")
+                validate_all(section, f"{prefix}{path}.", given)
         for kind, bound in f.metadata.get("bounds", {}).items():
             if value is None:
                 continue
@@ -270,15 +273,18 @@ def _check_bounds(cfg: Any, prefix: str) -> None:
                 fail(f"{prefix}{f.name}", f"must be at most {bound:g}")
 
 
-def validate_all(cfg: Any, prefix: str = "") -> None:
+def validate_all(cfg: Any, prefix: str = "", given: frozenset[str] = frozenset()) -> None:
     """Check the declared bounds of the config and of every nested dataclass, then call their
-    ``validate()`` (cross-field checks), innermost first."""
-    _check_bounds(cfg, prefix)
-    if hasattr(cfg, "validate"):
-        try:
+    ``validate()`` (cross-field checks) and ``validate_given()`` (the fields ``given``, dotted paths
+    that the user set), innermost first."""
+    _check_bounds(cfg, prefix, given)
+    try:
+        if hasattr(cfg, "validate"):
             cfg.validate()
-        except ConfigError as e:
-            raise ConfigError(f"{prefix}{e}") if prefix else e
+        if hasattr(cfg, "validate_given"):
+            cfg.validate_given({p[len(prefix):].split(".")[0] for p in given if p.startswith(prefix)}, prefix)
+    except ConfigError as e:
+        raise ConfigError(f"{prefix}{e}") if prefix else e
 
 
 def load_config(cls: type[T], argv: list[str] | None = None, description: str | None = None) -> T:
@@ -306,8 +312,16 @@ def load_config(cls: type[T], argv: list[str] | None = None, description: str | 
     flags.update(args)  # a field's own flag wins over an alias that also sets it
     for path, raw in flags.items():
         _set_cli(cfg, path, raw)
-    validate_all(cfg)
+    validate_all(cfg, given=frozenset(_paths(values)) | set(flags))
     return cfg
+
+
+def _paths(values: dict[str, Any], prefix: str = "") -> typing.Iterator[str]:
+    """Every dotted path a YAML mapping sets (``{engine: {url: x}}``: engine, engine.url)."""
+    for key, value in values.items():
+        yield f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _paths(value, f"{prefix}{key}.")
 
 
 def job_config(cls: type[T], argv: list[str] | None = None) -> T:
@@ -331,7 +345,7 @@ def _set_cli(cfg: Any, path: str, raw: str) -> None:
 def from_dict(cls: type[T], values: dict[str, Any]) -> T:
     """Build and validate a config from a plain mapping (e.g. YAML already loaded)."""
     cfg = _build(cls, values)
-    validate_all(cfg)
+    validate_all(cfg, given=frozenset(_paths(values)))
     return cfg
 
 

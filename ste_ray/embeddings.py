@@ -24,13 +24,25 @@ class Retriever:
 
     @staticmethod
     def top_k(queries, keys, k: int, exclude: list[set[int]] | None = None) -> list[list[int]]:
-        """For each query, the indices of its k most similar keys (best first), skipping ``exclude``."""
-        scores = queries @ keys.T
+        """For each query, the indices of its k most similar keys (best first; equal scores in index
+        order), skipping ``exclude``."""
+        import torch
+
+        scores = (queries @ keys.T).float()
+        if exclude:
+            for i, skip in enumerate(exclude):
+                scores[i, list(skip)] = -torch.inf
+        n = min(k, scores.shape[1])
+        if n == 0:
+            return [[] for _ in range(scores.shape[0])]
+        # torch.topk does not order ties; every key as good as the n-th best is a candidate, and a
+        # stable sort of the candidates puts equal scores in index order.
+        kth = torch.topk(scores, n, dim=1).values[:, -1:]
         result = []
-        for i, row in enumerate(scores.tolist()):
-            order = sorted(range(len(row)), key=lambda j: -row[j])
-            skip = exclude[i] if exclude else set()
-            result.append([j for j in order if j not in skip][:k])
+        for row, threshold, skip in zip(scores, kth, exclude or [set()] * len(scores)):
+            candidates = (row >= threshold).nonzero().squeeze(1)
+            order = torch.sort(row[candidates], descending=True, stable=True).indices
+            result.append([j for j in candidates[order].tolist() if j not in skip][:k])
         return result
 
     @classmethod

@@ -93,6 +93,26 @@ class EngineConfig:
             if not isinstance(amount, (int, float)) or isinstance(amount, bool) or amount <= 0:
                 fail("resources_per_replica", f"{name}: must be a positive number, got {amount!r}")
 
+    def validate_given(self, given: set[str], prefix: str) -> None:
+        """A field that this mode never reads is an error when set: a URL with mode start would be
+        ignored while a local engine starts and explores with another model."""
+        ignored = sorted(given & UNREAD[self.mode])
+        if not ignored:
+            return
+        if self.mode == "start":
+            fail(ignored[0], f"is read only with --{prefix}mode external (or attach), and the mode is start, which "
+                             f"starts an engine here instead: add --{prefix}mode external")
+        fail(ignored[0], f"configures the engine a job starts (--{prefix}mode start); with mode {self.mode} it "
+                         "would be ignored")
+
+
+# What each mode never reads (max_model_len every mode reads: prompts are fitted to it).
+STARTED_ENGINE = {"num_replicas", "max_replicas", "target_ongoing_requests", "upscale_delay_s", "downscale_delay_s",
+                  "cpus_per_replica", "gpus_per_replica", "accelerator_type", "resources_per_replica",
+                  "enable_prefix_caching", "cpu_kv_cache_gib", "engine_kwargs", "ready_timeout_s", "cache_dir"}
+UNREAD = {"start": {"url", "api_key_env"}, "attach": STARTED_ENGINE,
+          "external": STARTED_ENGINE | {"served_model_name", "app_name", "host", "port"}}
+
 
 def endpoint_aliases(url_flag: str, section: str = "engine") -> tuple[Alias, Alias]:
     """The shorthand flags of a job's endpoint: ``--<url_flag> URL`` (an external endpoint) and

@@ -4,9 +4,12 @@ finished) is skipped when the pipeline runs again, so a crashed run continues wh
 (exploration resumes its episodes, exploitation its cached model calls, training its checkpoint).
 
 The teacher's engine is started once for the stages that need it (exploration, the judge and the
-paraphraser, the teacher's own benchmark figure); then the student is fine-tuned, served beside its
-base model on one endpoint, and both are measured on the held-out benchmark queries of the explored
-APIs: base, base with demonstrations from the explored data, fine-tuned, fine-tuned constrained.
+paraphraser, the teacher's own benchmark figure); then the student is fine-tuned once per training
+seed (``--pipeline.seeds``), and the base student and every fine-tuned one are served and measured
+on two sets of queries: the development set (the requests of the episodes exploitation held out,
+with their verified calls: what settings are chosen on) and the benchmark's held-out test queries
+of the explored APIs (read only for the report; ``--pipeline.test_queries false`` while tuning).
+The report gives each fine-tuned row as the mean and spread over the seeds.
 
 Iterated STE (``--pipeline.rounds 2`` or more): round k explores again with round k-1's fine-tuned
 student making the calls (served beside the teacher, which still writes the requests and the final
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import time
 import uuid
@@ -31,12 +35,14 @@ from typing import Any, Callable, Iterator
 from ste_ray.client import Endpoint
 from ste_ray.config import fail, option
 from ste_ray.constrained import supports_structured_outputs
+from ste_ray.embeddings import Retriever
 from ste_ray.engine import EngineConfig, model_endpoint
 from ste_ray.evaluate import EvalSettings, run_benchmark
 from ste_ray.evaluate.chart import bar_chart
 from ste_ray.evaluate.test_sets import load_test_set, run_test_set
 from ste_ray.exploit import ExploitSettings, run_exploit
 from ste_ray.exploit.report import funnel_table, write_report
+from ste_ray.exploit.run import DEV_QUERIES
 from ste_ray.explore import ExploreSettings, check_output, run_exploration
 from ste_ray.model import resolve_model
 from ste_ray.report import markdown_table
@@ -49,6 +55,7 @@ from ste_ray.train import TrainSettings, loss_chart, run_training
 from ste_ray.train.run import weights_name
 
 ROUND_STAGES = ["explore", "exploit", "train"]  # serving is part of evaluate: the students are served, then measured
+SPLITS = ("dev", "test")  # the development queries (exploit's dev_queries.json), the benchmark's held-out test queries
 
 
 def suffix(round_number: int) -> str:
@@ -71,17 +78,26 @@ class PipelineSettings:
                                  "student making the trials and trains on from its weights", ge=1)
     tools: list[ToolSource] = option(default_factory=lambda: [ToolSource("ste")], help="Tool sources, as for jobs/explore.py")
     apis: list[str] = option(default_factory=list, help="Only these APIs")
+    seeds: list[int] = option(default_factory=lambda: [0],
+                              help="Training seeds: the student is fine-tuned and measured once per seed, and the "
+                                   "report gives the mean and spread (e.g. 0,1,2)")
+    test_queries: bool = option(True, help="Measure on the benchmark's held-out test queries (students and teacher); "
+                                           "false while choosing settings on the development set")
     teacher_eval_limit: int = option(
-        5, help="Benchmark queries per API on which the teacher itself is measured (0: skip; it is slow on CPU)", ge=0)
+        15, help="Test queries per API on which the teacher itself is measured (15: all, the students' queries; 0: "
+                 "skip)", ge=0)
     student_settings: list[str] = option(
         default_factory=lambda: ["top5", "top5+demos4"],
-        help="Evaluation settings of the base student (demonstrations come from the exploit output)")
+        help="Evaluation settings of the base student on the test queries (demonstrations come from the exploit "
+             "output); on the development queries: the first")
     tuned_settings: list[str] = option(default_factory=lambda: ["top5", "top5+constrained"],
-                                       help="Evaluation settings of the fine-tuned student")
+                                       help="Evaluation settings of each fine-tuned student, on both query sets")
     test_set: str = option("", help="Also measure base and fine-tuned student on this test set (see jobs/evaluate.py "
                                     "--test-set), in the react and react+constrained formats")
 
     def validate(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            fail("seeds", f"needs at least one seed, each once; got {self.seeds}")
         names = stage_names(self.rounds)
         for name in ("from_stage", "until_stage"):
             if getattr(self, name) not in names:
@@ -122,12 +138,20 @@ class Pipeline:
         """The output directory of ``stage`` (explore, exploit or train) in round ``k``."""
         return self.dirs[f"{stage}{suffix(k)}"]
 
+    def train_dir(self, k: int, seed: int) -> Location:
+        """Round ``k``'s training output of one seed."""
+        return self.dir("train", k) / f"seed_{seed}"
+
     def wanted(self, stage: str) -> bool:
         first, last = self.stages.index(self.settings.from_stage), self.stages.index(self.settings.until_stage)
         return first <= self.stages.index(stage) <= last
 
     def complete(self, stage: str) -> bool:
-        """Finished; for evaluate, also with a row for every student (a round may have been added)."""
+        """Finished; for training, every seed; for evaluate, with a row for every student (a round or
+        a seed may have been added)."""
+        if stage.startswith("train"):
+            k = self.stages.index(stage) // len(ROUND_STAGES) + 1
+            return all(done(self.train_dir(k, seed)) for seed in self.settings.seeds)
         return done(self.dirs[stage]) and (stage != "evaluate" or not self.unmeasured())
 
     def pending(self, stage: str) -> bool:
@@ -159,8 +183,8 @@ class Pipeline:
         """Exploration and exploitation with the teacher's engine (and, from round 2, the previous
         round's student as the explorer), then training once the engines are gone."""
         explore, exploit, train = (f"{stage}{suffix(k)}" for stage in ROUND_STAGES)
-        teacher_eval = k == 1 and self.settings.teacher_eval_limit and self.wanted("evaluate") and \
-            not (self.dirs["evaluate"] / "teacher.json").is_file()
+        teacher_eval = k == 1 and self.settings.test_queries and self.settings.teacher_eval_limit and \
+            self.wanted("evaluate") and not (self.dirs["evaluate"] / "teacher.json").is_file()
         needs_teacher = self.pending(explore) or self.pending(exploit) or teacher_eval
         with model_endpoint(self.teacher) if needs_teacher else contextlib.nullcontext() as teacher:
             student = self.served_student(k - 1) if k > 1 and self.pending(explore) else None
@@ -173,13 +197,15 @@ class Pipeline:
 
     @contextlib.contextmanager
     def served_student(self, k: int) -> Iterator[Endpoint]:
-        """Round k's fine-tuned student as an explorer, beside the teacher's endpoint on its own route."""
+        """Round k's fine-tuned student (of the first seed) as an explorer, beside the teacher's
+        endpoint on its own route."""
         from ray import serve
 
         engine = dataclasses.replace(self.student, app_name=f"{self.student.app_name}-explorer")
-        name = f"tuned{suffix(k)}"
+        seed = self.settings.seeds[0]
+        name = self.student_name(k, seed)
         self.say(f"explore{suffix(k + 1)}: serving {name} as the explorer")
-        served = serve_models(engine, ServeSettings(models={name: self.dir("train", k).uri()}),
+        served = serve_models(engine, ServeSettings(models={name: self.train_dir(k, seed).uri()}),
                               route_prefix="/explorer")
         try:
             yield served
@@ -214,79 +240,126 @@ class Pipeline:
                                  "datasets": result.datasets, "judge_errors": result.judge_errors})
 
     def train(self, k: int) -> None:
-        output = self.dir("train", k)
-        settings = dataclasses.replace(self.train_settings, merge=True)
-        start = (self.dir("train", k - 1) / weights_name(settings)).uri() if k > 1 else None
-        result = run_training(self.dir("exploit", k) / "sft", output, settings, start_weights=start)
-        (output / "metrics.json").write_text(json.dumps({"history": result.history, "examples": result.examples,
-                                                         "dropped_too_long": result.dropped_too_long,
-                                                         "resumed_at": result.resumed_at, "start_weights": start},
-                                                        indent=1))
-        loss_chart(result.history, output / "loss.png", f"LoRA fine-tuning of {settings.model}"
-                   + (f", round {k}" if k > 1 else ""))
-        update_manifest(output, {"status": "finished", "finished": now(), "steps": result.history[-1]["step"],
-                                 "examples": result.examples})
+        """One fine-tuning per seed (each resumable on its own), round k > 1 from round k-1's weights
+        of the same seed."""
+        for seed in self.settings.seeds:
+            output = self.train_dir(k, seed)
+            if done(output):
+                continue
+            self.say(f"train{suffix(k)}: seed {seed}")
+            started = time.perf_counter()
+            settings = dataclasses.replace(self.train_settings, merge=True, seed=seed)
+            start = (self.train_dir(k - 1, seed) / weights_name(settings)).uri() if k > 1 else None
+            result = run_training(self.dir("exploit", k) / "sft", output, settings, start_weights=start)
+            (output / "metrics.json").write_text(json.dumps(
+                {"history": result.history, "examples": result.examples, "dropped_too_long": result.dropped_too_long,
+                 "resumed_at": result.resumed_at, "start_weights": start, "exported_step": result.exported_step},
+                indent=1))
+            loss_chart(result.history, output / "loss.png", f"{settings.method} fine-tuning of {settings.model}, "
+                       f"seed {seed}" + (f", round {k}" if k > 1 else ""))
+            update_manifest(output, {"status": "finished", "finished": now(), "seed": seed,
+                                     "steps": result.history[-1]["step"], "exported_step": result.exported_step,
+                                     "examples": result.examples, "wall_s": round(time.perf_counter() - started, 1)})
 
-    def benchmark(self, endpoint: Endpoint, settings: list[str], model_dir: str | None, limit: int = 0) -> list:
+    # -----------------------------------------------------------------------------------------
+    # Measurement
+
+    def dev_queries(self) -> Location | None:
+        """Round 1's development queries (exploit's dev_queries.json), if it holds any."""
+        path = self.dir("exploit", 1) / DEV_QUERIES
+        return path if path.is_file() and any(json.loads(path.read_text()).values()) else None
+
+    def benchmark(self, endpoint: Endpoint, engine: EngineConfig, split: str, settings: list[str],
+                  limit: int = 0) -> list:
+        """``endpoint`` (served as ``engine`` says) on the development queries or the benchmark's test
+        queries of the explored APIs."""
+        queries = self.dev_queries().uri() if split == "dev" else ""
         cfg = dataclasses.replace(self.evaluation, settings=settings, apis=[s.name for s in self.specs],
-                                  limit=limit or self.evaluation.limit, demo_pool=self.dirs["exploit"].uri())
-        return asyncio.run(run_benchmark(endpoint, cfg, self.student.max_model_len, model_dir, "none"))
+                                  limit=limit or self.evaluation.limit, demo_pool=self.dirs["exploit"].uri(),
+                                  queries=queries)
+        return asyncio.run(run_benchmark(endpoint, cfg, engine.max_model_len, tokenizer_dir(engine), "none",
+                                         retriever=self.retriever))
+
+    @functools.cached_property
+    def retriever(self) -> Retriever:
+        """The embedding model every measurement retrieves tools and demonstrations with, loaded once."""
+        return Retriever(self.evaluation.embedding_model)
 
     def evaluate_teacher(self, teacher: Endpoint) -> None:
-        self.say(f"teacher: measured on {self.settings.teacher_eval_limit} queries per API")
+        self.say(f"teacher: measured on {self.settings.teacher_eval_limit} test queries per API")
         started = time.perf_counter()
-        (result,) = self.benchmark(teacher, ["top5"], resolve_model(self.teacher.model), self.settings.teacher_eval_limit)
+        (result,) = self.benchmark(teacher, self.teacher, "test", ["top5"], self.settings.teacher_eval_limit)
         atomic_write_text(self.dirs["evaluate"] / "teacher.json", json.dumps(
             {"model": self.teacher.model, "setting": result.setting, **result.scored.metrics,
              "wall_s": round(time.perf_counter() - started, 1)}, indent=1))
 
-    def students(self) -> dict[str, tuple[str, list[str]]]:
-        """Served name → (what to serve, evaluation settings): the base student and each round's."""
-        tuned = {f"tuned{suffix(k)}": (self.dir("train", k).uri(), self.settings.tuned_settings)
-                 for k in range(1, self.settings.rounds + 1)}
-        return {"base": (self.train_settings.model, self.settings.student_settings), **tuned}
+    @staticmethod
+    def student_name(k: int, seed: int) -> str:
+        return f"tuned{suffix(k)}-s{seed}"
 
-    def measured(self) -> dict[str, dict[str, Any]]:
+    def students(self) -> dict[str, tuple[str, dict[str, list[str]]]]:
+        """Served name → (what to serve, evaluation settings per query set): the base student and
+        each round's, one per seed."""
+        splits = [s for s in SPLITS if s == "dev" and self.dev_queries() or s == "test" and self.settings.test_queries]
+        base = {"dev": self.settings.student_settings[:1], "test": self.settings.student_settings}
+        students = {"base": (self.train_settings.model, {s: base[s] for s in splits})}
+        for k in range(1, self.settings.rounds + 1):
+            for seed in self.settings.seeds:
+                students[self.student_name(k, seed)] = (self.train_dir(k, seed).uri(),
+                                                        {s: self.settings.tuned_settings for s in splits})
+        return students
+
+    def measured(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """metrics.json: per query set (dev, test), per row ("<student> <setting>"), the metrics."""
         metrics = self.dirs["evaluate"] / "metrics.json"
-        return json.loads(metrics.read_text()) if metrics.is_file() else {}
+        return json.loads(metrics.read_text()) if metrics.is_file() else {split: {} for split in SPLITS}
 
-    def unmeasured(self) -> dict[str, tuple[str, list[str]]]:
+    def unmeasured(self) -> dict[str, tuple[str, dict[str, list[str]]]]:
         """The students of ``students()`` that lack a row in metrics.json."""
         rows = self.measured()
         return {name: (source, settings) for name, (source, settings) in self.students().items()
-                if any(f"{name} {setting}" not in rows for setting in settings)
-                or (self.settings.test_set and f"{name} test set (react)" not in rows)}
+                if any(f"{name} {setting}" not in rows.get(split, {}) for split, wanted in settings.items()
+                       for setting in wanted)
+                or (self.settings.test_set and f"{name} test set (react)" not in rows.get("test", {}))}
 
     def serve_and_evaluate(self) -> None:
-        """The base student and the fine-tuned ones on one endpoint (as jobs/serve.py serves them),
-        each measured; the endpoint is removed at the end. Students already measured (before a
-        crash, or before a round was added) are not measured again."""
+        """The students three at a time on one endpoint (as jobs/serve.py serves them; three engines
+        and their ingress fit a local Ray instance's 8 CPU slots), each measured; each endpoint is
+        removed after. Students already measured (before a crash, or before a round or seed was added) are
+        not measured again."""
         from ray import serve
 
-        rows, wanted = self.measured(), self.unmeasured()
-        if wanted:
-            served = serve_models(self.student, ServeSettings(models={n: src for n, (src, _) in wanted.items()}))
+        rows, wanted = self.measured(), list(self.unmeasured().items())
+        for group in (wanted[i:i + 3] for i in range(0, len(wanted), 3)):
+            served = serve_models(self.student, ServeSettings(models={n: src for n, (src, _) in group}))
             try:
-                for name, (_, settings) in wanted.items():
-                    rows.update(self.evaluate(Endpoint(served.base_url, name, served.api_key), settings))
+                for name, (_, settings) in group:
+                    self.say(f"evaluate: {name}")
+                    for split, measured in self.evaluate(Endpoint(served.base_url, name, served.api_key),
+                                                         settings).items():
+                        rows.setdefault(split, {}).update(measured)
                     atomic_write_text(self.dirs["evaluate"] / "metrics.json", json.dumps(rows, indent=1))
             finally:
                 serve.delete(self.student.app_name)
         update_manifest(self.dirs["evaluate"], {"status": "finished", "finished": now()})
 
-    def evaluate(self, endpoint: Endpoint, settings: list[str]) -> dict[str, dict[str, Any]]:
+    def evaluate(self, endpoint: Endpoint, settings: dict[str, list[str]]) -> dict[str, dict[str, dict[str, Any]]]:
         output = self.dirs["evaluate"]
-        rows = {}
-        for r in self.benchmark(endpoint, settings, resolve_model(self.train_settings.model)):
-            rows[f"{endpoint.model} {r.setting}"] = {**r.scored.metrics, "wall_s": round(r.elapsed_s, 1)}
-            (output / "predictions" / f"{endpoint.model}-{r.setting}.json").write_text(json.dumps(r.predictions))
+        rows: dict[str, dict[str, dict[str, Any]]] = {}
+        for split, wanted in settings.items():
+            student = dataclasses.replace(self.student, model=self.train_settings.model)  # its tokenizer is the base's
+            for r in self.benchmark(endpoint, student, split, wanted):
+                rows.setdefault(split, {})[f"{endpoint.model} {r.setting}"] = {**r.scored.metrics,
+                                                                              "wall_s": round(r.elapsed_s, 1)}
+                (output / "predictions" / split / f"{endpoint.model}-{r.setting}.json").write_text(
+                    json.dumps(r.predictions))
         if self.settings.test_set:
             cases = load_test_set(Path(self.settings.test_set), {s.name: s for s in self.specs})
             results = asyncio.run(self.test_set(endpoint, cases, output / f"test_set-{endpoint.model}"))
             for form, m in results.items():
-                rows[f"{endpoint.model} test set ({form})"] = {"n": m["n"], "wellformed": m["wellformed"],
-                                                               "api_match": m["name_match"], "correct": m["exact"],
-                                                               "wall_s": m["wall_s"]}
+                rows.setdefault("test", {})[f"{endpoint.model} test set ({form})"] = {
+                    "n": m["n"], "wellformed": m["wellformed"], "api_match": m["name_match"], "correct": m["exact"],
+                    "wall_s": m["wall_s"]}
         return rows
 
     async def test_set(self, endpoint: Endpoint, cases: list, output: Location) -> dict[str, Any]:
@@ -294,42 +367,107 @@ class Pipeline:
             return await run_test_set(client, cases, ["react", "react+constrained"], self.evaluation.max_tokens, output)
 
     # -----------------------------------------------------------------------------------------
+    # Report
+
+    def summary(self, rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """One query set's rows with each round's fine-tuned students averaged over the seeds: per
+        "<student> <setting>" (``tuned top5``, ``tuned_2 top5``), each metric's mean, sample standard
+        deviation, minimum and maximum, and the seeds' own values."""
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for name, m in rows.items():
+            student, _, setting = name.partition(" ")
+            if student.startswith("tuned") and "-s" in student:
+                groups.setdefault(f"{student.rsplit('-s', 1)[0]} {setting}", []).append(m)
+            else:
+                groups[name] = [m]
+        return {name: {"n": ms[0]["n"], "seeds": len(ms), **{metric: spread([m[metric] for m in ms])
+                                                             for metric in METRICS}}
+                for name, ms in groups.items()}
 
     def report(self) -> dict[str, Any]:
         """report.md, outcome.png and the outcome as a dict (also the console table's rows)."""
-        metrics = json.loads((self.dirs["evaluate"] / "metrics.json").read_text()) \
-            if (self.dirs["evaluate"] / "metrics.json").is_file() else {}
+        measured = self.measured()
         teacher_file = self.dirs["evaluate"] / "teacher.json"
-        if teacher_file.is_file():
-            teacher = json.loads(teacher_file.read_text())
-            metrics[f"teacher {teacher['setting']} ({teacher['n']} queries)"] = teacher
+        teacher = json.loads(teacher_file.read_text()) if teacher_file.is_file() else None
+        if teacher:
+            measured.setdefault("test", {})[f"teacher {teacher['setting']}"] = teacher
+        summaries = {split: self.summary(measured.get(split, {})) for split in SPLITS}
         walls = read_manifest(self.output).get("stages", {})
-        rows = [[name, m["n"], m["wellformed"], m["api_match"], m["correct"]] for name, m in metrics.items()]
-        lines = ["# ste-ray pipeline report", "",
-                 "Held-out STE benchmark queries of the explored APIs; `correct` by string match for every API.", "",
-                 markdown_table(["model / setting", "n", "wellformed %", "api_match %", "correct %"], rows), ""]
-        funnels = {}
+        headers = ["model / setting", "seeds", "n", "wellformed %", "api_match %", "correct %"]
+        tables = {split: [[name, m["seeds"], m["n"], *(shown(m[metric]) for metric in METRICS)]
+                          for name, m in summaries[split].items()] for split in SPLITS}
+        lines = ["# ste-ray pipeline report", ""]
+        funnels, training = {}, {}
         for k in range(1, self.settings.rounds + 1):
-            of_round = f", round {k}" if self.settings.rounds > 1 else ""
             funnel = read_manifest(self.dir("exploit", k)).get("funnel")
             if funnel:
                 funnels[k] = funnel
-                headers, table = funnel_table(funnel)
-                lines += [f"## Data funnel{of_round}", "", markdown_table(headers, table), ""]
-            train = self.dir("train", k)
-            if (train / "metrics.json").is_file():
-                history = json.loads((train / "metrics.json").read_text())["history"]
-                lines += [f"## Training{of_round}", "", f"{history[-1]['step']} steps; loss {history[0]['loss']:.3f} → "
-                          f"{history[-1]['loss']:.3f}", "", f"![loss]({train.name}/loss.png)", ""]
+        if 1 in funnels:
+            total = funnels[1][-1]
+            lines += [f"Data: {total['trials']} trials → {total['kept']} kept → {total['examples']} training examples; "
+                      f"{total.get('dev', 0)} development queries (held-out episodes, never trained on).", ""]
+        lines += ["## Test: the benchmark's held-out queries of the explored APIs", "",
+                  "Read only for this report; `correct` by string match for every API. Fine-tuned rows: mean ± "
+                  "standard deviation over the seeds (min–max).", "", markdown_table(headers, tables["test"]), "",
+                  "## Development: the held-out episodes' requests and their verified calls", "",
+                  "What settings are chosen on.", "", markdown_table(headers, tables["dev"]), ""]
+        for k in range(1, self.settings.rounds + 1):
+            of_round = f", round {k}" if self.settings.rounds > 1 else ""
+            if k in funnels:
+                funnel_headers, table = funnel_table(funnels[k])
+                lines += [f"## Data funnel{of_round}", "", markdown_table(funnel_headers, table), ""]
+            for seed in self.settings.seeds:
+                train = self.train_dir(k, seed)
+                if not (train / "metrics.json").is_file():
+                    continue
+                metrics = json.loads((train / "metrics.json").read_text())
+                history = metrics["history"]
+                validation = [h["validation_loss"] for h in history if h.get("validation_loss") is not None]
+                training[f"{k}/{seed}"] = {"steps": history[-1]["step"], "exported_step": metrics.get("exported_step"),
+                                           "first_loss": history[0]["loss"], "last_loss": history[-1]["loss"],
+                                           "validation_loss": validation, "wall_s": read_manifest(train).get("wall_s")}
+                lines += [f"## Training{of_round}, seed {seed}", "",
+                          f"{history[-1]['step']} steps; loss {history[0]['loss']:.3f} → {history[-1]['loss']:.3f}"
+                          + (f"; validation loss per epoch {', '.join(f'{v:.3f}' for v in validation)}; the weights "
+                             f"of step {metrics.get('exported_step')} (lowest validation loss) were kept"
+                             if validation else ""), "",
+                          f"![loss]({self.dir('train', k).name}/{train.name}/loss.png)", ""]
         lines += ["## Wall time per stage", "",
                   markdown_table(["stage", "wall s", "skipped"], [[k, v["wall_s"], v["skipped"]] for k, v in walls.items()]),
                   "", "![outcome](outcome.png)", ""]
         (self.output / "report.md").write_text("\n".join(lines))
-        if metrics:
-            bar_chart([(name, m) for name, m in metrics.items()], self.output / "outcome.png", "STE benchmark, held out")
-        return {"metrics": metrics, "funnel": funnels.get(1, []), "later_funnels": {f"round_{k}": f for k, f in
-                                                                                  funnels.items() if k > 1},
-                "walls": walls, "rows": rows}
+        chart = [(name, {metric: m[metric]["mean"] for metric in METRICS}) for name, m in summaries["test"].items()]
+        if chart:
+            bar_chart(chart, self.output / "outcome.png", "STE benchmark, held-out test queries (mean over seeds)")
+        return {"metrics": measured, "summary": summaries, "teacher": teacher, "funnel": funnels.get(1, []),
+                "later_funnels": {f"round_{k}": f for k, f in funnels.items() if k > 1}, "training": training,
+                "walls": walls, "rows": tables}
+
+
+METRICS = ("wellformed", "api_match", "correct")
+
+
+def tokenizer_dir(engine: EngineConfig) -> str | None:
+    """The local model directory whose tokenizer fits prompts to an engine's context: a started
+    engine's; for an endpoint used as it is, prompts are measured in characters."""
+    if engine.mode != "start":
+        return None
+    local = resolve_model(engine.model, engine.cache_dir or None)
+    return local if Path(local).is_dir() else None
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """Mean, sample standard deviation (0 for one value), minimum, maximum, and the values."""
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return {"mean": round(mean, 2), "sd": round(sd, 2), "min": min(values), "max": max(values), "values": values}
+
+
+def shown(value: dict[str, Any]) -> str:
+    """A metric as the report shows it: the value alone for one seed, else mean ± sd (min–max)."""
+    if len(value["values"]) == 1:
+        return f"{value['mean']:.1f}"
+    return f"{value['mean']:.1f} ± {value['sd']:.1f} ({value['min']:.1f}–{value['max']:.1f})"
 
 
 async def _probe(endpoint: Endpoint) -> bool:

@@ -44,37 +44,38 @@ class RayConfig:
     include_dashboard: bool = option(True, help="Start the Ray dashboard with a local Ray instance")
 
 
-def init_ray(cfg: RayConfig) -> bool:
-    """Connect to (or start) Ray unless already connected. Returns True if this call connected."""
+def init_ray(cfg: RayConfig) -> str | None:
+    """Connect to (or start) Ray unless already connected. Returns what this call did: "local" (it
+    started a local instance), "joined" (it joined a running cluster), or None (already connected)."""
     import ray
 
     if ray.is_initialized():
-        return False
+        return None
     kwargs = {"logging_level": logging.WARNING}
     # Under `ray job submit` the supervisor names the job's own cluster in RAY_ADDRESS; "auto"
     # alone would pick whichever cluster was started last on this host.
     address = os.environ.get("RAY_ADDRESS") if cfg.address in ("", "auto") else cfg.address
     if address or cfg.address:
         ray.init(address=address or cfg.address, **kwargs)
-    else:
-        ray.init(num_cpus=cfg.num_cpus or max(8, os.cpu_count() or 1), include_dashboard=cfg.include_dashboard,
-                 **kwargs)
-    return True
+        return "joined"
+    ray.init(num_cpus=cfg.num_cpus or max(8, os.cpu_count() or 1), include_dashboard=cfg.include_dashboard, **kwargs)
+    return "local"
 
 
 @contextlib.contextmanager
 def ray_cluster(cfg: RayConfig) -> Iterator[None]:
-    """Ray for the duration of the block; a local instance this started is stopped at the end
-    (a cluster joined is left as it was)."""
-    started = init_ray(cfg)
+    """Ray for the duration of the block; a local instance this started is stopped at the end, a
+    cluster joined is left as it was (its Serve applications too: another job's may be running)."""
+    connected = init_ray(cfg)
     try:
         yield
     finally:
-        if started:
+        if connected:
             import ray
             from ray import serve
 
-            serve.shutdown()
+            if connected == "local":
+                serve.shutdown()
             ray.shutdown()
 
 

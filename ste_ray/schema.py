@@ -99,6 +99,7 @@ class JudgedTrial:
     trial_key: str  # content hash of the trial: the cache key of the judge's verdicts
     api: str
     episode_id: str
+    episode_index: int  # which of its API's episodes (every dev_every-th is the development set)
     slot: int
     query: str
     action: str | None  # the call the example teaches (the trial's last successful call)
@@ -124,7 +125,7 @@ class SFTExample:
     query: str
     paraphrase: bool
     messages: str  # JSON list of chat messages; the assistant turns are the training targets
-    split: str  # train | validation
+    split: str  # train | validation (the development set's trials, never paraphrased)
     batch: int  # continual-learning round (0 without --batches)
     source: str  # explore | general
 

@@ -119,7 +119,7 @@ def s3_uri():
 
 @pytest.fixture(scope="session")
 def engine_config() -> EngineConfig:
-    return EngineConfig(port=free_port(), max_model_len=1024, cpu_kv_cache_gib=1.0,
+    return EngineConfig(port=free_port(), max_model_len=2048, cpu_kv_cache_gib=1.0,
                         cache_dir=os.environ.get("STE_RAY_CACHE", ""))
 
 

@@ -1,4 +1,6 @@
 import dataclasses
+import importlib.util
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import pytest
@@ -7,6 +9,8 @@ from ste_ray.config import Alias, ConfigError, build_parser, flags_markdown, fro
 from ste_ray.engine import EngineConfig
 from ste_ray.runtime import RayConfig
 from ste_ray.tools.calls import ToolCallConfig, limits_for
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclasses.dataclass
@@ -103,6 +107,34 @@ def test_every_flag_is_documented():
 def test_engine_config_validation(values, field):
     with pytest.raises(ConfigError, match=rf"^{field}:"):
         from_dict(EngineConfig, values)
+
+
+def job_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_job", ROOT / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_flag_the_mode_never_reads_is_an_error():
+    """A URL with mode start would be ignored while a local engine started: refused before any work,
+    naming the flag that would fix it; likewise engine flags with an endpoint used as it is."""
+    ExploreConfig = job_module("explore").ExploreConfig
+
+    with pytest.raises(ConfigError, match=r"^engine\.url: is read only with --engine\.mode external .* add --engine\.mode external"):
+        load_config(ExploreConfig, ["--engine.url", "http://host:9/v1"])
+    with pytest.raises(ConfigError, match=r"^engine\.num_replicas: configures the engine a job starts"):
+        load_config(ExploreConfig, ["--explorer-url", "http://host:9/v1", "--model", "m", "--engine.num_replicas", "2"])
+    with pytest.raises(ConfigError, match=r"^engine\.gpus_per_replica:"):
+        from_dict(ExploreConfig, {"engine": {"mode": "attach", "gpus_per_replica": 1}})
+    with pytest.raises(ConfigError, match=r"^tool_calls\.record_dir: is read only with record_mode"):
+        load_config(ExploreConfig, ["--tool_calls.record_dir", "/tmp/calls"])
+    # What each mode does read is accepted, and a default is never "given".
+    cfg = load_config(ExploreConfig, ["--explorer-url", "http://host:9/v1", "--model", "m", "--engine.max_model_len",
+                                      "4096", "--engine.api_key_env", "KEY"])
+    assert (cfg.engine.mode, cfg.engine.url, cfg.engine.api_key_env) == ("external", "http://host:9/v1", "KEY")
+    assert load_config(ExploreConfig, ["--engine.port", "8123", "--engine.num_replicas", "2"]).engine.num_replicas == 2
+    assert load_config(ExploreConfig, ["--engine.mode", "attach", "--engine.port", "8123"]).engine.port == 8123
 
 
 def test_nested_engine_errors_carry_the_section():

@@ -152,6 +152,20 @@ def test_nearest_names_keeps_the_required_name_in_place_of_the_last():
     assert Retriever.nearest_names(queries, keys, names, 3, keep=["b", "a"]) == [["a", "b", "c"], ["d", "c", "a"]]
 
 
+def test_top_k_orders_equal_scores_by_index_and_skips_the_excluded():
+    """The tensor top-k keeps the old rule for ties (the lower index first), whichever key ties
+    across the k-th place, and agrees with a plain sort on scores with many ties."""
+    keys = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    queries = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.6]])
+    assert Retriever.top_k(queries, keys, 2) == [[0, 2], [1, 3], [0, 1]]
+    assert Retriever.top_k(queries, keys, 4, exclude=[{2}, set(), {0, 1}]) == [[0, 4, 1, 3], [1, 3, 0, 2], [2, 3, 4]]
+    assert Retriever.top_k(queries, keys, 9) == [[0, 2, 4, 1, 3], [1, 3, 0, 2, 4], [0, 1, 2, 3, 4]]
+    generator = torch.Generator().manual_seed(0)
+    scores_from = torch.randint(0, 4, (64, 300), generator=generator).float()  # few distinct values: ties everywhere
+    expected = [sorted(range(300), key=lambda j: -row[j])[:7] for row in scores_from.tolist()]
+    assert Retriever.top_k(scores_from, torch.eye(300), 7) == expected
+
+
 def test_bad_input_fails_before_any_work(tmp_path):
     def job(*args):
         return subprocess.run([sys.executable, "jobs/evaluate.py", *args], cwd=ROOT, capture_output=True, text=True,

@@ -242,7 +242,42 @@ def test_shards_count_a_trial_only_with_its_runs_episode_row(tmp_path):
     resumed.flush()
     trials = finished_trials(tmp_path).to_pylist()
     assert sorted(t["query"] for t in trials) == ["query 0 of run1", "query 1 of run1", "query 2 of run2"]
-    assert summarize(tmp_path) == [["add_date", 3, 3, 0, 0, 0, "3/3"]]
+    assert summarize(tmp_path)["add_date"] == {"episodes": 3, "trials": 3, "calls": 0, "tool_errors": 0,
+                                               "parse_errors": 0, "last_call_ran": 0, "grounded_answer": 0,
+                                               "verified": 0, "claimed": 3, "claimed_not_verified": 3}
+
+
+def test_the_closing_table_counts_what_was_verified_beside_what_was_claimed(tmp_path):
+    """Three trials the explorer called successes: one whose call ran and whose answer repeats the
+    result (verified), one whose every call failed, one whose answer invents its result. Only the
+    first is verified; the other two are counted as claimed, not verified, and with most calls
+    failed the run ends with a line that says so and what to do."""
+    from ste_ray.explore.run import failing_calls_warning, summarize, summary_rows
+    from ste_ray.schema import Step
+    from tests.exploration_data import trial, write_exploration
+
+    def call(observation: str, error: str | None = None) -> Step:
+        return Step(thought="t", action="add_date", action_input='{"date": "2023-05-01", "days": 30}',
+                    observation=observation, parse_error=None, tool_error_kind=error, latency_s=0.0)
+
+    trials = [trial("add_date", 0, "What is 30 days after 2023-05-01?", [call('{"date": "2023-05-31"}')],
+                    "It is 2023-05-31."),
+              trial("add_date", 1, "What is 30 days after 2023-05-01?",
+                    [call("Error: bad date", "tool_error"), call("Error: bad date", "tool_error")], "It is 2023-06-01."),
+              trial("add_date", 2, "What is 30 days after 2023-05-01?",
+                    [call("Error: bad date", "tool_error"), call('{"date": "2023-05-31"}')], "It is a Friday.")]
+    write_exploration(tmp_path, trials, [])
+    summary = summarize(tmp_path)
+    assert summary["add_date"] == {"episodes": 3, "trials": 3, "calls": 5, "tool_errors": 3, "parse_errors": 0,
+                                   "last_call_ran": 2, "grounded_answer": 1, "verified": 1, "claimed": 3,
+                                   "claimed_not_verified": 2}
+    assert summary["total"] == summary["add_date"]
+    assert summary_rows(summary)[0] == ["add_date", 3, 3, 5, 3, 0, "2/3", "1/3", "1/3", "3/3", 2]
+    warning = failing_calls_warning(summary, "embedded")
+    assert warning.startswith("warning: 3 of 5 calls ended in a tool error; 1 of 3 trials verified.")
+    assert "--engine.model teacher" in warning
+    assert "--engine.model" in failing_calls_warning(summary, "/models/other")
+    assert failing_calls_warning({"total": {**summary["total"], "tool_errors": 2}}, "embedded") is None
 
 
 class LosingActor:

@@ -1,19 +1,21 @@
-"""The pipeline job end to end on the real engine, tiny settings (the embedded model stands in for the
-teacher), with its output on object storage (moto's S3 server, see conftest.py): a finished stage is
-skipped, a pipeline killed during training continues from the training checkpoint on S3 when run
-again, the fine-tuned model is served from S3 (each replica downloads it) and measured beside its base
-model, and a third run that adds a second round explores with the fine-tuned student without
-running round 1 again. The stages on a local directory: their own tests."""
+"""The pipeline job end to end on the real engine, tiny settings (the session's embedded engine stands
+in for the teacher, attached), with its output on object storage (moto's S3 server, see conftest.py):
+a finished stage is skipped, the held-out episode becomes the development set, a pipeline killed
+during training continues from the training checkpoint on S3 when run again, every training seed is
+trained, each fine-tuned model is served from S3 (each replica downloads it) and measured beside its
+base model on the development and the test queries, and the report averages the seeds. A second
+round explored by the fine-tuned student: in process, on the session's cluster. The stages on a
+local directory: their own tests."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-import shutil
 from pathlib import Path
 
 import psutil
@@ -22,10 +24,13 @@ import pytest
 from ste_ray.engine import EngineConfig
 from ste_ray.evaluate import EvalSettings
 from ste_ray.exploit import ExploitSettings
+from ste_ray.exploit.model_steps import lost_value
+from ste_ray.exploit.run import Example
 from ste_ray.explore import ExploreSettings
+from ste_ray.model import resolve_model
 from ste_ray.pipeline import Pipeline, PipelineSettings
 from ste_ray.runs import read_manifest, update_manifest
-from ste_ray.schema import Episode, Trial, read_records
+from ste_ray.schema import Episode, JudgedTrial, SFTExample, Trial, read_records
 from ste_ray.storage import Location
 from ste_ray.tools.calls import ToolCallConfig
 from ste_ray.train import TrainSettings
@@ -33,35 +38,38 @@ from tests.conftest import free_port
 from tests.exploration_data import CALLS, faithful_trials, write_exploration
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.engine
 
 
-def command(output: Location) -> list[str]:
+def command(output: Location, teacher: EngineConfig) -> list[str]:
     apis = sorted({api for api, *_ in CALLS})
     return [sys.executable, str(ROOT / "jobs" / "pipeline.py"), "--output", output.uri(), "--ray.include_dashboard", "false",
-            "--pipeline.apis", json.dumps(apis), "--pipeline.teacher_eval_limit", "1",
-            "--teacher.model", "embedded", "--teacher.port", str(free_port()), "--teacher.max_model_len", "2048",
-            "--teacher.cpu_kv_cache_gib", "1", "--student.port", str(free_port()), "--student.max_model_len", "2048",
-            "--student.cpu_kv_cache_gib", "1", "--exploit.target_per_api", "4", "--exploit.max_paraphrases", "1",
-            # 2 examples a step: the 6 trials alone (whatever paraphrases the tiny model keeps) make 3
-            # steps, so the kill below lands before the last checkpoint.
-            "--exploit.validation_share", "0", "--train.batch_size", "1", "--train.effective_batch_size", "2",
+            "--pipeline.apis", json.dumps(apis), "--pipeline.teacher_eval_limit", "1", "--pipeline.seeds", "0,1",
+            "--teacher.mode", "attach", "--teacher.port", str(teacher.port), "--teacher.model", teacher.served_model_name,
+            "--teacher.max_model_len", str(teacher.max_model_len),
+            "--student.port", str(free_port()), "--student.max_model_len", "2048", "--student.cpu_kv_cache_gib", "1",
+            "--exploit.target_per_api", "4", "--exploit.max_paraphrases", "1", "--exploit.general_ratio", "0.5",
+            # The 4th episode (index 3) is the development set; 2 examples a step: the other 5 trials
+            # alone (whatever paraphrases the tiny model keeps) make 3 steps or more, so the kill below
+            # lands before the last checkpoint.
+            "--exploit.dev_every", "4", "--train.batch_size", "1", "--train.effective_batch_size", "2",
             "--train.epochs", "1", "--train.checkpoint_every", "1", "--eval.limit", "1",
             # LoRA, not the pipeline's default full fine-tuning: a checkpoint a step of 60 MB instead of
-            # 1.6 GB (weights and optimizer state) on the S3 server. test_train trains and loads a full model.
+            # 1.6 GB (weights and optimizer state) on the S3 server. test_train trains and serves a full model.
             "--train.method", "lora"]
 
 
-def test_pipeline_skips_finished_stages_and_resumes_training_after_a_kill(tmp_path, s3_uri):
+@pytest.mark.engine
+def test_pipeline_skips_finished_stages_and_resumes_training_after_a_kill(tmp_path, s3_uri, engine, engine_config):
     output = Location.of(s3_uri("pipeline"))
     trials, specs = faithful_trials()
     write_exploration(output / "explore", trials, specs)
     update_manifest(output / "explore", {"status": "finished"})  # an exploration that already ran
 
-    snapshot = output / "train" / "ray_train" / "train" / "checkpoint_manager_snapshot.json"
+    snapshot = output / "train" / "seed_0" / "ray_train" / "train" / "checkpoint_manager_snapshot.json"
     log = (tmp_path / "first.log").open("w")
     # Run from tmp_path: with a URI output the job's log goes to ./logs/.
-    first = subprocess.Popen(command(output), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    first = subprocess.Popen(command(output, engine_config), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True)
     deadline = time.monotonic() + 900
     while not (snapshot.is_file() and json.loads(snapshot.read_text())["checkpoint_results"]):
         assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
@@ -72,66 +80,154 @@ def test_pipeline_skips_finished_stages_and_resumes_training_after_a_kill(tmp_pa
     psutil.wait_procs(group, timeout=30)
     log.close()
     text = (tmp_path / "first.log").read_text()
-    assert "explore: complete, skipped" in text and "exploit: running" in text and "train: running" in text
+    assert "explore: complete, skipped" in text and "exploit: running" in text and "train: seed 0" in text
 
-    again = subprocess.run(command(output), cwd=tmp_path, capture_output=True, text=True, timeout=1200)
+    # Exploitation on the real engine: the judge's three verdicts parsed, paraphrases that keep the
+    # call's values, the 4th episode held out whole as the development set, general data mixed in.
+    judged = read_records(output / "exploit" / "judged", JudgedTrial)
+    assert len(judged) == 6 and all(t.judge_informative is not None and t.judge_error is None for t in judged)
+    examples = read_records(output / "exploit" / "work" / "examples", Example)
+    seeds = {e.example_id: e for e in examples if not e.paraphrase}
+    paraphrases = [e for e in examples if e.paraphrase]
+    assert paraphrases and all(e.dropped_by or lost_value(seeds[e.seed_key].query, e.query, e.action_input) is None
+                               for e in paraphrases)
+    (dev_trial,) = [t for t in judged if t.episode_index == 3]
+    train = read_records(output / "exploit" / "sft" / "train", SFTExample)
+    validation = read_records(output / "exploit" / "sft" / "validation", SFTExample)
+    assert {e.source for e in train} == {"explore", "general"}
+    assert [(e.query, e.paraphrase) for e in validation] == [(dev_trial.query, False)]
+    assert dev_trial.query not in {e.query for e in train} and not [e for e in paraphrases if e.seed_key == dev_trial.trial_key]
+    dev_queries = json.loads((output / "exploit" / "dev_queries.json").read_text())
+    assert dev_queries == {dev_trial.api: [{"query": dev_trial.query, "action": dev_trial.action,
+                                            "action_input": dev_trial.action_input}]}
+    funnel = read_manifest(output / "exploit")["funnel"][-1]
+    assert (funnel["trials"], funnel["dev"]) == (6, 1) and funnel["examples"] == sum(e.source == "explore" for e in train)
+
+    again = subprocess.run(command(output, engine_config), cwd=tmp_path, capture_output=True, text=True, timeout=1200)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     for stage in ("explore", "exploit"):
         assert f"{stage}: complete, skipped" in again.stdout
-    assert "train: running" in again.stdout and "evaluate: running" in again.stdout
-    train = json.loads((output / "train" / "metrics.json").read_text())
-    assert train["resumed_at"] and train["resumed_at"][0] >= 1  # continued from the checkpoint of the killed run
-    assert [h["step"] for h in train["history"]] == list(range(1, len(train["history"]) + 1))
+    assert "train: seed 0" in again.stdout and "train: seed 1" in again.stdout and "evaluate: running" in again.stdout
+    first_seed = json.loads((output / "train" / "seed_0" / "metrics.json").read_text())
+    assert first_seed["resumed_at"] and first_seed["resumed_at"][0] >= 1  # continued from the killed run's checkpoint
+    assert [h["step"] for h in first_seed["history"]] == list(range(1, len(first_seed["history"]) + 1))
+    second_seed = json.loads((output / "train" / "seed_1" / "metrics.json").read_text())
+    assert not second_seed["resumed_at"] and second_seed["history"][-1]["step"] == first_seed["history"][-1]["step"]
+    assert second_seed["history"][0]["loss"] != first_seed["history"][0]["loss"]  # another seed: another data order
+
     metrics = json.loads((output / "evaluate" / "metrics.json").read_text())
-    assert set(metrics) == {"base top5", "base top5+demos4", "tuned top5", "tuned top5+constrained"}
-    assert all(m["n"] == 3 for m in metrics.values())
+    students = ("tuned-s0", "tuned-s1")
+    assert set(metrics["test"]) == {"base top5", "base top5+demos4"} | {f"{s} {setting}" for s in students
+                                                                       for setting in ("top5", "top5+constrained")}
+    assert set(metrics["dev"]) == {"base top5"} | {f"{s} {setting}" for s in students
+                                                   for setting in ("top5", "top5+constrained")}
+    assert all(m["n"] == 3 for m in metrics["test"].values()) and all(m["n"] == 1 for m in metrics["dev"].values())
     teacher = json.loads((output / "evaluate" / "teacher.json").read_text())
     assert teacher["n"] == 3 and teacher["setting"] == "top5"
-    predictions = {name: json.loads((output / "evaluate" / "predictions" / f"{name}.json").read_text())
-                   for name in ("base-top5", "tuned-top5")}
+    predictions = {name: json.loads((output / "evaluate" / "predictions" / "test" / f"{name}.json").read_text())
+                   for name in ("base-top5", "tuned-s0-top5")}
     outputs = {name: [i["model_output"] for items in p.values() for i in items] for name, p in predictions.items()}
-    assert outputs["tuned-top5"] != outputs["base-top5"]  # the fine-tuned model answers differently
-    report = (output / "report.md").read_text()
-    assert "tuned top5" in report and "## Data funnel" in report and (output / "outcome.png").is_file()
+    assert outputs["tuned-s0-top5"] != outputs["base-top5"]  # the fine-tuned model answers differently
+    dev_asked = json.loads((output / "evaluate" / "predictions" / "dev" / "tuned-s0-top5.json").read_text())
+    assert [i["query"] for items in dev_asked.values() for i in items] == [dev_trial.query]
     outcome = json.loads((output / "outcome.json").read_text())
-    assert outcome["metrics"]["tuned top5"] == metrics["tuned top5"]
-
-    # Iterated STE: a third run adds a second round, which explores with round 1's fine-tuned student
-    # making the calls; round 1's stages are not run again (exploitation and training of a round are
-    # round 1's code; the whole second round is measured in results/pipeline_outcome_rounds2.json).
-    third = subprocess.run(command(output) + ["--pipeline.rounds", "2", "--until", "explore_2",
-                                              "--explore.num_episodes", "1", "--explore.num_stm_slots", "1"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
-    for stage in ("explore", "exploit", "train"):
-        assert f"{stage}: complete, skipped" in third.stdout
-    assert "explore_2: serving tuned as the explorer" in third.stdout and "evaluate: not asked for" in third.stdout
-    assert list((tmp_path / "logs").glob("pipeline-*.log"))
-    explored = read_manifest(output / "explore_2")
-    assert explored["status"] == "finished" and (explored["model"], explored["imaginer"]) == ("tuned", "teacher")
-    episodes = read_records(output / "explore_2" / "episodes", Episode)
-    round_1 = [t.api for t in read_records(output / "explore" / "trials", Trial)]
-    assert sorted(e.api for e in episodes) == sorted(set(round_1))  # one episode per API
-    assert all(e.memory_size == round_1.count(e.api) for e in episodes)  # it remembers round 1's requests
-    trials = read_records(output / "explore_2" / "trials", Trial)
-    assert len(trials) == len(episodes) and sum(t.num_calls for t in trials) >= 1  # the student's calls really ran
+    tuned = outcome["summary"]["test"]["tuned top5"]
+    assert tuned["seeds"] == 2 and tuned["correct"]["values"] == [metrics["test"][f"{s} top5"]["correct"] for s in students]
+    report = (output / "report.md").read_text()
+    assert "## Development" in report and "## Data funnel" in report and "seed 1" in report
+    assert (output / "outcome.png").is_file() and list((tmp_path / "logs").glob("pipeline-*.log"))
     for stage in ("exploit", "train"):  # the local working copies of an output on object storage
         shutil.rmtree(output.staging_dir(stage), ignore_errors=True)
 
 
+@pytest.mark.engine
+def test_a_second_round_explores_with_the_fine_tuned_student(tmp_path, engine, engine_config):
+    """Iterated STE: round 2 serves round 1's fine-tuned student (here the embedded model stands in
+    for it) beside the teacher, on its own route of the same Serve instance, and lets it make the
+    calls, while the teacher writes the requests, starting from round 1's in its memory; round 1
+    is not run again. (Round 2's exploitation and training are round 1's code; the whole second
+    round is measured in results/pipeline_outcome_rounds2.json.)"""
+    trials, specs = faithful_trials()
+    write_exploration(tmp_path / "explore", trials, specs)
+    for stage in ("explore", "exploit"):
+        update_manifest(tmp_path / stage, {"status": "finished"})
+    (tmp_path / "train" / "seed_0").mkdir(parents=True)
+    os.symlink(resolve_model("embedded"), tmp_path / "train" / "seed_0" / "model")  # round 1's "fine-tuned" student
+    update_manifest(tmp_path / "train" / "seed_0", {"status": "finished"})
+    apis = sorted({api for api, *_ in CALLS})
+    teacher = EngineConfig(mode="attach", port=engine_config.port, model=engine_config.served_model_name,
+                           max_model_len=engine_config.max_model_len)
+    student = EngineConfig(port=engine_config.port, max_model_len=2048, cpu_kv_cache_gib=1.0)
+    said: list[str] = []
+    pipeline = Pipeline(Location.of(tmp_path), PipelineSettings(rounds=2, from_stage="explore_2", until_stage="explore_2",
+                                                                apis=apis),
+                        teacher, student, ExploreSettings(num_episodes=1, num_stm_slots=1, max_turn=1,
+                                                          imagination="grounded"),
+                        ToolCallConfig(), ExploitSettings(), TrainSettings(method="full"), EvalSettings(), said.append)
+    pipeline.run()
+    assert "explore_2: serving tuned-s0 as the explorer" in said and "evaluate: not asked for" in said
+    assert all(f"{stage}: complete, skipped" in said for stage in ("explore", "exploit", "train"))
+    explored = read_manifest(tmp_path / "explore_2")
+    assert explored["status"] == "finished" and (explored["model"], explored["imaginer"]) == ("tuned-s0", engine.model)
+    episodes = read_records(tmp_path / "explore_2" / "episodes", Episode)
+    round_1 = [t.api for t in read_records(tmp_path / "explore" / "trials", Trial)]
+    assert sorted(e.api for e in episodes) == sorted(set(round_1))  # one episode per API
+    assert all(e.memory_size == round_1.count(e.api) for e in episodes)  # it remembers round 1's requests
+    explored_trials = read_records(tmp_path / "explore_2" / "trials", Trial)
+    assert len(explored_trials) == len(episodes) and sum(t.num_calls for t in explored_trials) >= 1  # its calls ran
+    from ray import serve
+    assert "ste-engine-explorer" not in serve.status().applications  # released once it has explored
+
+
 def test_evaluation_is_complete_only_with_a_row_for_every_student(tmp_path):
-    """A finished evaluation is skipped, unless a round was added whose student has no row yet."""
-    def pipeline(rounds: int) -> Pipeline:
-        return Pipeline(Location.of(tmp_path), PipelineSettings(rounds=rounds, apis=["add_date"]), EngineConfig(),
+    """A finished evaluation is skipped, unless a round or a seed was added whose student has no row
+    yet; with a development set, every student needs its development rows too."""
+    def pipeline(rounds: int, seeds: list[int]) -> Pipeline:
+        return Pipeline(Location.of(tmp_path), PipelineSettings(rounds=rounds, seeds=seeds, apis=["add_date"]),
+                        EngineConfig(), EngineConfig(), ExploreSettings(), ToolCallConfig(), ExploitSettings(),
+                        TrainSettings(), EvalSettings(), say=print)
+
+    update_manifest(tmp_path / "evaluate", {"status": "finished"})
+    rows = ["base top5", "base top5+demos4", "tuned-s0 top5", "tuned-s0 top5+constrained"]
+    (tmp_path / "evaluate" / "metrics.json").write_text(json.dumps({"test": {row: {} for row in rows}, "dev": {}}))
+    assert pipeline(1, [0]).complete("evaluate") and not pipeline(1, [0]).unmeasured()
+    assert list(pipeline(2, [0]).unmeasured()) == ["tuned_2-s0"] and not pipeline(2, [0]).complete("evaluate")
+    assert list(pipeline(1, [0, 1]).unmeasured()) == ["tuned-s1"]
+    (tmp_path / "exploit").mkdir()
+    (tmp_path / "exploit" / "dev_queries.json").write_text(json.dumps({"add_date": [{"query": "q", "action": "add_date",
+                                                                                    "action_input": "{}"}]}))
+    assert list(pipeline(1, [0]).unmeasured()) == ["base", "tuned-s0"]  # no development rows yet
+
+
+def test_the_report_gives_the_mean_and_spread_over_the_seeds(tmp_path):
+    """Each fine-tuned row of the report is the mean over the seeds, with the sample standard deviation
+    and the range; the base and teacher rows stand alone; development and test are reported apart."""
+    pipeline = Pipeline(Location.of(tmp_path), PipelineSettings(seeds=[0, 1, 2], apis=["add_date"]), EngineConfig(),
                         EngineConfig(), ExploreSettings(), ToolCallConfig(), ExploitSettings(), TrainSettings(),
                         EvalSettings(), say=print)
 
-    update_manifest(tmp_path / "evaluate", {"status": "finished"})
-    rows = ["base top5", "base top5+demos4", "tuned top5", "tuned top5+constrained"]
-    (tmp_path / "evaluate" / "metrics.json").write_text(json.dumps({row: {} for row in rows}))
-    assert pipeline(1).complete("evaluate") and not pipeline(1).unmeasured()
-    later = pipeline(2)
-    assert not later.complete("evaluate") and list(later.unmeasured()) == ["tuned_2"]
+    def row(correct: float) -> dict:
+        return {"n": 150, "wellformed": 99.0, "api_match": 50.0, "correct": correct}
+
+    (tmp_path / "evaluate").mkdir()
+    (tmp_path / "evaluate" / "metrics.json").write_text(json.dumps({
+        "test": {"base top5": row(0.0), "tuned-s0 top5": row(30.0), "tuned-s1 top5": row(28.0),
+                 "tuned-s2 top5": row(26.0)},
+        "dev": {"base top5": row(2.0), "tuned-s0 top5": row(60.0), "tuned-s1 top5": row(50.0),
+                "tuned-s2 top5": row(55.0)}}))
+    (tmp_path / "evaluate" / "teacher.json").write_text(json.dumps({"setting": "top5", **row(50.0)}))
+    outcome = pipeline.report()
+    tuned = outcome["summary"]["test"]["tuned top5"]
+    assert tuned["seeds"] == 3 and tuned["correct"] == {"mean": 28.0, "sd": 2.0, "min": 26.0, "max": 30.0,
+                                                         "values": [30.0, 28.0, 26.0]}
+    assert outcome["summary"]["dev"]["tuned top5"]["correct"]["mean"] == 55.0
+    assert outcome["summary"]["test"]["teacher top5"]["correct"]["mean"] == 50.0
+    same = "99.0 ± 0.0 (99.0–99.0)", "50.0 ± 0.0 (50.0–50.0)"
+    assert ["tuned top5", 3, 150, *same, "28.0 ± 2.0 (26.0–30.0)"] in outcome["rows"]["test"]
+    assert ["base top5", 1, 150, "99.0", "50.0", "0.0"] in outcome["rows"]["test"]
+    report = (tmp_path / "report.md").read_text()
+    assert f"| tuned top5 | 3 | 150 | {' | '.join(same)} | 28.0 ± 2.0 (26.0–30.0) |" in report
+    assert f"| tuned top5 | 3 | 150 | {' | '.join(same)} | 55.0 ± 5.0 (50.0–60.0) |" in report.split("## Development")[1]
 
 
 def _group(process: psutil.Process) -> int | None:

@@ -17,7 +17,7 @@ from ste_ray.benchmark import Benchmark
 from ste_ray.exploit.sft import FormatExamples, catalogue, toolken
 from ste_ray.model import resolve_model
 from ste_ray.schema import SFTExample, write_records
-from ste_ray.serve import merged_model
+from ste_ray.serve import servable_model
 from ste_ray.storage import Location
 from ste_ray.train import TrainInputError, TrainSettings, run_training
 from ste_ray.train.data import IGNORE, tokenize_chat
@@ -45,12 +45,13 @@ def sft_examples(toolkens: bool, copies: int) -> list[SFTExample]:
     """Tool-mode examples of the faithful trials (one tool in the prompt: short sequences), repeated."""
     trials, specs = faithful_trials()
     formatter = FormatExamples(catalogue(specs, Benchmark.load()), {s.name: [] for s in specs}, toolkens=toolkens,
-                               add_tool_response=False, validation_share=0.0, seed=0)
+                               add_tool_response=False, seed=0)
     examples = []
     for copy in range(copies):
         for i, t in enumerate(trials):
             row = {"example_id": f"{copy}-{i}", "api": t.api, "seed_key": f"{copy}-{i}", "query": t.query,
-                   "paraphrase": False, "action_input": t.steps[0].action_input, "observation": "", "final_answer": ""}
+                   "paraphrase": False, "action_input": t.steps[0].action_input, "observation": "", "final_answer": "",
+                   "split": "train"}
             examples.append(SFTExample(**formatter.example(row, [])))
     return examples
 
@@ -177,7 +178,7 @@ def test_full_fine_tuning_resumes_after_a_killed_worker_and_learns_the_calls_wit
     result = outcome["result"]
     assert [h["step"] for h in result.history] == [1, 2, 3, 4, 5, 6]  # every planned step, each once
     assert result.resumed_at and result.resumed_at[0] >= 1  # restarted from a checkpoint, not from scratch
-    model_dir = Path(merged_model(str(tmp_path / "out")))
+    model_dir = Path(servable_model(str(tmp_path / "out")))
     assert model_dir == tmp_path / "out" / "model" and not (tmp_path / "out" / "adapter").exists()
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -246,6 +247,6 @@ def test_a_fully_fine_tuned_output_is_served_from_its_model_directory(tmp_path):
     directory and a packaged model name are served as given."""
     (tmp_path / "train" / "model").mkdir(parents=True)
     (tmp_path / "train" / "model" / "config.json").write_text("{}")
-    assert merged_model(str(tmp_path / "train")) == Location.of(tmp_path / "train" / "model").uri()
-    assert merged_model(str(tmp_path / "train" / "model")) == str(tmp_path / "train" / "model")
-    assert merged_model("embedded") == "embedded"
+    assert servable_model(str(tmp_path / "train")) == Location.of(tmp_path / "train" / "model").uri()
+    assert servable_model(str(tmp_path / "train" / "model")) == str(tmp_path / "train" / "model")
+    assert servable_model("embedded") == "embedded"

@@ -5,9 +5,9 @@
   chart    the bar chart of a run
 """
 
-from ste_ray.evaluate.runner import (METRICS_HEADERS, EvalSettings, Setting, SettingResult, load_demo_pool,
-                                     metrics_table_rows, run_benchmark, select_queries)
+from ste_ray.evaluate.runner import (METRICS_HEADERS, EvalSettings, Setting, SettingResult, load_benchmark,
+                                     load_demo_pool, metrics_table_rows, run_benchmark, select_queries)
 from ste_ray.evaluate.scoring import JUDGES, llm_judge, metrics, per_batch_rows, score
 
-__all__ = ["JUDGES", "METRICS_HEADERS", "EvalSettings", "Setting", "SettingResult", "llm_judge", "load_demo_pool",
+__all__ = ["JUDGES", "METRICS_HEADERS", "EvalSettings", "Setting", "SettingResult", "llm_judge", "load_benchmark", "load_demo_pool",
            "metrics", "metrics_table_rows", "per_batch_rows", "run_benchmark", "score", "select_queries"]

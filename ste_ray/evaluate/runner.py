@@ -91,6 +91,9 @@ class EvalSettings:
     order_seed: int = option(0, help="Seed of the fixed order of the 'all' tool descriptions")
     max_in_flight: int = option(32, help="Requests to the model at once", ge=1)
     benchmark_dir: str = option("", help="Directory with the STE benchmark files (default: the packaged copy)")
+    queries: str = option("", help="Ask these queries instead of the benchmark's test queries: a JSON file in the "
+                                   "benchmark's tool_test.json format (API → items with query, action, action_input), "
+                                   "e.g. exploit's development set, dev_queries.json; its APIs must be benchmark APIs")
 
     def validate(self) -> None:
         if not self.settings:
@@ -109,11 +112,25 @@ class Query:
 
 
 def select_queries(benchmark: Benchmark, apis: list[str], limit: int) -> list[Query]:
-    unknown = [a for a in apis if a not in benchmark.tests]
+    """The test queries of ``apis`` (all APIs when empty), at most ``limit`` per API; an API with no
+    test query (possible in a development set) is skipped."""
+    unknown = [a for a in apis if a not in benchmark.descriptions]
     if unknown:
         raise ValueError(f"apis: {', '.join(map(repr, unknown))} are not benchmark APIs")
     chosen = apis or list(benchmark.tests)
-    return [Query(api, item) for api in chosen for item in benchmark.tests[api][:limit or None]]
+    return [Query(api, item) for api in chosen for item in benchmark.tests.get(api, [])[:limit or None]]
+
+
+def load_benchmark(cfg: EvalSettings) -> Benchmark:
+    """The benchmark, its test queries replaced by ``cfg.queries`` when given."""
+    benchmark = Benchmark.load(cfg.benchmark_dir)
+    if not cfg.queries:
+        return benchmark
+    tests = json.loads(Location.of(cfg.queries).read_text())
+    unknown = sorted(set(tests) - set(benchmark.descriptions))
+    if unknown:
+        raise ValueError(f"queries: {cfg.queries} names APIs that are not benchmark APIs: {', '.join(unknown[:5])}")
+    return dataclasses.replace(benchmark, tests=tests)
 
 
 def load_demo_pool(source: str, benchmark: Benchmark) -> list[dict[str, str]]:
@@ -261,13 +278,15 @@ async def run_setting(client: LLMClient, benchmark: Benchmark, queries: list[Que
 
 async def run_benchmark(endpoint: Endpoint, cfg: EvalSettings, max_model_len: int, tokenizer_dir: str | None,
                         judge: str, judge_endpoint: Endpoint | None = None, output: Path | Location | None = None,
-                        progress: bool = True) -> list[SettingResult]:
+                        progress: bool = True, retriever: Retriever | None = None) -> list[SettingResult]:
     """Every setting of ``cfg`` on ``endpoint``; each setting's predictions are written to
-    ``output/predictions/<setting>.json`` as soon as it is done."""
-    benchmark = Benchmark.load(cfg.benchmark_dir)
+    ``output/predictions/<setting>.json`` as soon as it is done. ``retriever``: one already loaded
+    (a caller that runs many benchmarks loads the embedding model once)."""
+    benchmark = load_benchmark(cfg)
     queries = select_queries(benchmark, cfg.apis, cfg.limit)
     settings = [Setting.parse(s) for s in cfg.settings]
-    retriever = Retriever(cfg.embedding_model) if any(s.top or s.demos for s in settings) else None
+    if retriever is None and any(s.top or s.demos for s in settings):
+        retriever = Retriever(cfg.embedding_model)
     demo_pool = load_demo_pool(cfg.demo_pool, benchmark) if any(s.demos for s in settings) else []
     fitter = PromptFitter(tokenizer_dir, max_model_len, cfg.max_tokens)
     results = []

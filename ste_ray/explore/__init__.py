@@ -7,7 +7,9 @@
   run        the driver: resume, Parquet output, progress, the closing table
 """
 
-from ste_ray.explore.run import SUMMARY_HEADERS, ExplorationResult, check_output, run_exploration
+from ste_ray.explore.run import (SUMMARY_HEADERS, ExplorationResult, check_output, failing_calls_warning,
+                                 run_exploration, summary_rows)
 from ste_ray.explore.settings import ExploreSettings
 
-__all__ = ["SUMMARY_HEADERS", "ExplorationResult", "ExploreSettings", "check_output", "run_exploration"]
+__all__ = ["SUMMARY_HEADERS", "ExplorationResult", "ExploreSettings", "check_output", "failing_calls_warning",
+           "run_exploration", "summary_rows"]

@@ -24,16 +24,24 @@ from ste_ray.explore.actor import ExplorerActor
 from ste_ray.explore.episode import EpisodeResult, MemoryEntry, episode_id
 from ste_ray.explore.scheduler import Scheduler
 from ste_ray.explore.settings import ExploreSettings
+from ste_ray.model import EMBEDDED_MODEL
 from ste_ray.runs import OutputError
 from ste_ray.runtime import terminal
 from ste_ray.schema import Episode, Trial, finished_episodes, finished_trials, write_records
 from ste_ray.storage import Location
 from ste_ray.tools.calls import ACTOR_NAMESPACE, ToolCallConfig
 from ste_ray.tools.spec import ToolSpec
+from ste_ray.verify import answer_grounded, last_call_ran
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_HEADERS = ["api", "episodes", "trials", "calls", "parse errors", "tool errors", "self-judged success"]
+# Verified beside claimed: "last call ran" and "grounded answer" are checked facts of each trial (see
+# ste_ray.verify), "verified" both; "claimed" is the explorer's own Yes, and "claimed, not verified"
+# the trials it called a success that are not verified.
+SUMMARY_HEADERS = ["api", "episodes", "trials", "calls", "tool errors", "parse errors", "last call ran",
+                   "grounded answer", "verified", "claimed (self-judged)", "claimed, not verified"]
+COUNTS = ["trials", "calls", "tool_errors", "parse_errors", "last_call_ran", "grounded_answer", "verified", "claimed",
+          "claimed_not_verified"]
 
 
 class ShardWriter:
@@ -72,7 +80,7 @@ class ExplorationResult:
     failures: list[dict[str, str]]
     elapsed_s: float
     completion_tokens: int
-    per_api: list[list[Any]]  # rows of the closing table
+    summary: dict[str, dict[str, int]]  # per API and "total": see ``summarize``
     episodes_rerun: int = 0  # started again after their actor was lost (see scheduler.py)
 
 
@@ -95,21 +103,43 @@ def load_progress(output: Location) -> tuple[set[str], dict[str, list[MemoryEntr
     return finished, memory
 
 
-def summarize(output: Location) -> list[list[Any]]:
-    """The closing table: per API, what the finished episodes did."""
+def summarize(output: Location) -> dict[str, dict[str, int]]:
+    """Per API (and "total"), what the finished episodes did: counts of ``COUNTS`` and episodes."""
     rows: dict[str, dict[str, Any]] = {}
     for t in finished_trials(output).to_pylist():
-        r = rows.setdefault(t["api"], {"episodes": set(), "trials": 0, "calls": 0, "parse": 0, "tool": 0, "yes": 0, "judged": 0})
+        steps = t["steps"] or []
+        ran, grounded_answer = last_call_ran(steps), answer_grounded(steps, t["final_answer"])
+        verified, claimed = ran and grounded_answer, bool(t["success"])
+        r = rows.setdefault(t["api"], {"episodes": set(), **dict.fromkeys(COUNTS, 0)})
         r["episodes"].add(t["episode_id"])
-        r["trials"] += 1
-        r["calls"] += t["num_calls"]
-        r["parse"] += t["num_parse_errors"]
-        r["tool"] += t["num_tool_errors"]
-        if t["success"] is not None:
-            r["judged"] += 1
-            r["yes"] += int(t["success"])
-    return [[api, len(r["episodes"]), r["trials"], r["calls"], r["parse"], r["tool"],
-             f"{r['yes']}/{r['judged']}" if r["judged"] else "-"] for api, r in rows.items()]
+        for key, value in (("trials", 1), ("calls", t["num_calls"]), ("tool_errors", t["num_tool_errors"]),
+                           ("parse_errors", t["num_parse_errors"]), ("last_call_ran", ran),
+                           ("grounded_answer", grounded_answer), ("verified", verified), ("claimed", claimed),
+                           ("claimed_not_verified", claimed and not verified)):
+            r[key] += int(value)
+    summary = {api: {"episodes": len(r.pop("episodes")), **r} for api, r in rows.items()}
+    if summary:
+        summary["total"] = {key: sum(r[key] for r in summary.values()) for key in ["episodes", *COUNTS]}
+    return summary
+
+
+def summary_rows(summary: dict[str, dict[str, int]]) -> list[list[Any]]:
+    """The closing table's rows (SUMMARY_HEADERS)."""
+    return [[api, r["episodes"], r["trials"], r["calls"], r["tool_errors"], r["parse_errors"],
+             *(f"{r[key]}/{r['trials']}" for key in ("last_call_ran", "grounded_answer", "verified", "claimed")),
+             r["claimed_not_verified"]] for api, r in summary.items()]
+
+
+def failing_calls_warning(summary: dict[str, dict[str, int]], model: str) -> str | None:
+    """One line when most calls failed (or none was made), saying what to do about it."""
+    total = summary.get("total")
+    if not total or (total["calls"] and total["tool_errors"] * 2 <= total["calls"]):
+        return None
+    failed = f"{total['tool_errors']} of {total['calls']} calls ended in a tool error" if total["calls"] else \
+        "no trial made a call"
+    advice = ("the embedded 135M explorer is small: explore with the 1.5B teacher (--engine.model teacher), as "
+              "jobs/pipeline.py does" if model == EMBEDDED_MODEL else "try a stronger explorer (--engine.model)")
+    return f"warning: {failed}; {total['verified']} of {total['trials']} trials verified. {advice[0].upper()}{advice[1:]}."
 
 
 async def run_exploration(endpoint: Endpoint, specs: list[ToolSpec], settings: ExploreSettings,
@@ -146,7 +176,7 @@ async def run_exploration(endpoint: Endpoint, specs: list[ToolSpec], settings: E
     failures: list[dict[str, str]] = []
     failures_file = output / "failures.jsonl"
     earlier_failures = failures_file.read_text() if failures_file.exists() else ""
-    done = tokens = calls = judged = successes = 0
+    done = tokens = calls = trials = verified = 0
     scheduler = Scheduler(actors, run_id, pending, memory, settings)
     try:
         async for finished_episode in scheduler.run():
@@ -161,14 +191,15 @@ async def run_exploration(endpoint: Endpoint, specs: list[ToolSpec], settings: E
                 shards.add(result)
                 scheduler.remember(task.api, [(t.query, t.success) for t in result.trials])
                 calls += sum(t.num_calls for t in result.trials)
-                judged += sum(t.success is not None for t in result.trials)
-                successes += sum(bool(t.success) for t in result.trials)
+                trials += len(result.trials)
+                verified += sum(last_call_ran(steps) and answer_grounded(steps, t.final_answer)
+                                for t in result.trials for steps in [[vars(s) for s in t.steps]])
                 tokens += result.episode.completion_tokens
                 done += 1
             elapsed = time.perf_counter() - started
             bar.update(1)
             bar.set_postfix_str(f"{tokens / elapsed:.0f} tok/s, {calls / elapsed:.2f} calls/s, "
-                                f"success {successes}/{judged}, failed {len(failures)}")
+                                f"verified {verified}/{trials} trials, failed {len(failures)}")
     finally:
         shards.flush()
         bar.close()

@@ -1,13 +1,14 @@
 """Serving: Ray Serve hosts the base model and the fine-tuned ones behind one OpenAI-compatible
 endpoint; ``model="<name>"`` in a request picks which answers.
 
-Locally each fine-tuned model is served merged (the LoRA adapter folded into the base weights by
-``jobs/train.py --train.merge``, or by ``merged_model`` here), one vLLM engine per name: Ray Serve
-LLM loads LoRA adapters dynamically only from cloud storage (``s3://``, ``gs://``, Azure), never
-from a local directory, and a merged model also carries any toolkens' new embeddings, which vLLM's
-LoRA does not. On a cluster with adapters in object storage, ``adapters_uri`` serves every adapter
-under it from one engine instead (``model="<base>:<adapter>"``). A training output on object storage
-(``s3://...``) is served from there: each replica downloads the merged model to its own node.
+Locally each fine-tuned model is served whole (``servable_model``): after full fine-tuning its
+model, after LoRA merged (the adapter folded into the base weights by ``jobs/train.py --train.merge``,
+or here), one vLLM engine per name: Ray Serve LLM loads LoRA adapters dynamically only from cloud
+storage (``s3://``, ``gs://``, Azure), never from a local directory, and a merged model also carries
+any toolkens' new embeddings, which vLLM's LoRA does not. On a cluster with adapters in object
+storage, ``adapters_uri`` serves every adapter under it from one engine instead
+(``model="<base>:<adapter>"``). A training output on object storage (``s3://...``) is served from
+there: each replica downloads the model to its own node.
 
 An API key (``api_key_env``: the name of an environment variable the ingress replicas see) makes
 every route answer 401 without ``Authorization: Bearer <key>``.
@@ -50,10 +51,10 @@ class ServeSettings:
             fail("adapters_uri", f"must be object storage (s3://, gs://, azure://), got {self.adapters_uri!r}")
 
 
-def merged_model(source: str) -> str:
-    """What to load for a served model: a training output directory (local or a URI) means its
-    merged model (made now from its adapter if training did not merge), or after full fine-tuning its
-    whole model (``model/``); anything else as given."""
+def servable_model(source: str) -> str:
+    """What vLLM loads for a served model: for a training output directory (local or a URI), its
+    whole fine-tuned model (``model/``) after full fine-tuning, else its merged model (made now from
+    its adapter if training did not merge); anything else as given."""
     if "://" not in source and not Path(source).is_dir():
         return source  # 'embedded', 'teacher', a hub id
     output = Location.of(source)
@@ -79,7 +80,7 @@ def adapter_base(adapter: Path) -> str:
 def serve_models(engine: EngineConfig, settings: ServeSettings, route_prefix: str = "/") -> Endpoint:
     """Deploy every model of ``settings`` on one endpoint (Ray must be connected; ``route_prefix``
     as for ``deploy``); returns the endpoint, asking for the first model."""
-    models = {name: merged_model(source) for name, source in settings.models.items()}
+    models = {name: servable_model(source) for name, source in settings.models.items()}
     # By name: the ingress module imports vLLM's serving layer, which only the replicas need.
     ingress: dict[str, Any] = {"ingress_cls": "ste_ray.serve.ingress:KeyedIngress",
                                "ingress_extra_kwargs": {"api_key_env": settings.api_key_env}}

@@ -78,6 +78,8 @@ class ToolCallConfig:
     def validate(self) -> None:
         if self.record_mode != "off" and not self.record_dir:
             fail("record_dir", f"record_mode={self.record_mode} needs a directory")
+        if self.record_mode == "off" and self.record_dir:
+            fail("record_dir", "is read only with record_mode record or replay (the mode is off)")
         if self.record_mode == "replay" and not Path(self.record_dir).is_dir():
             fail("record_dir", f"replay needs an existing directory, {self.record_dir!r} is not one")
 

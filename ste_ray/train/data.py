@@ -38,7 +38,8 @@ def tokenize_chat(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int],
 
 
 class Tokenize:
-    """A Ray Data UDF: SFT rows → ``input_ids``, ``labels`` (and ``too_long``, kept for counting)."""
+    """A Ray Data UDF (an instance, mapped in tasks: the tokenizer travels with it): SFT rows →
+    ``input_ids``, ``labels`` (and ``too_long``, kept for counting)."""
 
     def __init__(self, tokenizer_dir: str, max_seq_len: int):
         from transformers import AutoTokenizer

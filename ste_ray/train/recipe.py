@@ -2,8 +2,8 @@
 bottom. ``setup`` builds the model (LoRA through PEFT, or full), the tokenizer (with toolkens when
 the data has them), the optimizer and the schedule, and restores the last checkpoint when Ray
 restarts the run; ``train`` is the loop (data-parallel through DDP or DeepSpeed), with a checkpoint
-every ``checkpoint_every`` steps and at each epoch end; the last checkpoint holds the trained weights,
-the tokenizer and the metrics."""
+every ``checkpoint_every`` steps and at each epoch end; each checkpoint holds the weights, the
+tokenizer and the metrics, and the driver keeps the epoch end with the lowest validation loss."""
 
 from __future__ import annotations
 
@@ -26,6 +26,11 @@ from ste_ray.train.data import pad_batch
 
 STATE = "trainer_state.json"
 OPTIMIZER = "optimizer.pt"
+# What Ray Train ranks checkpoints by (lower is better): the validation loss at an epoch's end; a
+# checkpoint within an epoch, or without validation data, ranks last with NOT_SCORED (a finite
+# value: Ray's saved checkpoint state turns infinity into null, which it then cannot rank).
+SELECTION = "selection_loss"
+NOT_SCORED = 1e9
 
 
 def peak_memory_gib() -> float:
@@ -243,6 +248,8 @@ class FineTuneRecipe:
         if not checkpoint:
             ray.train.report(metrics)
             return
+        validation = metrics.get("validation_loss")
+        metrics = {**metrics, SELECTION: validation if validation is not None else NOT_SCORED}
         with tempfile.TemporaryDirectory() as directory:
             if self.engine is not None:
                 self.engine.save_checkpoint(directory, tag="deepspeed")

@@ -36,7 +36,7 @@ from ste_ray.runtime import terminal
 from ste_ray.schema import SFTExample, arrow_schema
 from ste_ray.storage import Location
 from ste_ray.train.data import Tokenize
-from ste_ray.train.recipe import STATE, train_worker
+from ste_ray.train.recipe import NOT_SCORED, SELECTION, STATE, train_worker
 from ste_ray.train.settings import TrainSettings
 
 matplotlib.use("Agg")
@@ -61,6 +61,7 @@ class TrainResult:
     weights: list[Location]  # the adapter (or model) directory of each round
     history: list[dict[str, Any]]  # the last round's steps
     resumed_at: list[int]  # the last round's restarts from a checkpoint, by step
+    exported_step: int  # the last round's step whose weights were kept: the lowest validation loss
     dropped_too_long: int
     examples: int
     elapsed_s: float
@@ -149,8 +150,7 @@ def tokenized(directory: Location, model_dir: str, max_seq_len: int) -> tuple[ra
     if not files:
         return ray.data.from_items([]), 0, 0
     ds = ray.data.read_parquet(files, filesystem=directory.fs, columns=["messages"]).map_batches(
-        Tokenize, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1),
-        fn_constructor_kwargs=dict(tokenizer_dir=model_dir, max_seq_len=max_seq_len)).materialize()
+        Tokenize(model_dir, max_seq_len), batch_format="pyarrow").materialize()
     too_long = ds.filter(expr="too_long == True").count()
     kept = ds.filter(expr="too_long == False").drop_columns(["too_long"]).materialize()
     return kept, kept.count(), too_long
@@ -170,11 +170,23 @@ class ProgressCallback(UserCallback):
         self.queue.put(metrics[0])
 
 
+def best_checkpoint(result) -> tuple[ray.train.Checkpoint, int]:
+    """The checkpoint to keep, and its step: the epoch end with the lowest validation loss, or the
+    last one when there is no validation data."""
+    scored = [(m[SELECTION], -m["step"], c, m["step"]) for c, m in result.best_checkpoints or []
+              if (m.get(SELECTION) or NOT_SCORED) < NOT_SCORED]
+    if not scored:
+        return result.checkpoint, result.metrics["step"]
+    *_, checkpoint, step = min(scored, key=lambda s: s[:2])
+    return checkpoint, step
+
+
 def run_round(r: Round, output: Location, staging: Path, settings: TrainSettings, model_dir: str,
               toolkens: list[str], start_weights: str | None, progress: bool) -> tuple[str, dict[str, Any], int, int]:
     """One training run, from ``start_weights`` (the previous round's, a path or URI) if given;
-    returns its weights directory relative to ``output`` (made in ``staging``, then uploaded), its
-    final trainer state (history, restarts) and its example counts."""
+    returns its weights directory relative to ``output`` (made in ``staging``, then uploaded: the
+    best checkpoint's, see ``best_checkpoint``), its final trainer state (history, restarts, the
+    step exported) and its example counts."""
     train, n_train, long_train = tokenized(r.data / "train", model_dir, settings.max_seq_len)
     validation, _, long_validation = tokenized(r.data / "validation", model_dir, settings.max_seq_len)
     steps_per_epoch = n_train // settings.effective_batch_size
@@ -194,7 +206,10 @@ def run_round(r: Round, output: Location, staging: Path, settings: TrainSettings
         run_config=RunConfig(name=r.name or "train", storage_path=(output / "ray_train").path,
                              storage_filesystem=output.fs,
                              failure_config=FailureConfig(max_failures=settings.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=[ProgressCallback(queue)],
+                             # The best checkpoint by validation loss, and always the latest (to resume from).
+                             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SELECTION,
+                                                                checkpoint_score_order="min"),
+                             callbacks=[ProgressCallback(queue)],
                              worker_runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu"}} if settings.deepspeed and not settings.use_gpu else None),
         datasets={"train": train, "validation": validation})
     bar = tqdm(total=total, desc=f"train {r.name}".strip(), unit="step", disable=not progress, file=terminal())
@@ -215,7 +230,9 @@ def run_round(r: Round, output: Location, staging: Path, settings: TrainSettings
     relative = f"{r.name}/{weights_name(settings)}" if r.name else weights_name(settings)
     weights = staging / relative
     with result.checkpoint.as_directory() as directory:
-        state = json.loads((Path(directory) / STATE).read_text())
+        state = json.loads((Path(directory) / STATE).read_text())  # the whole history: the last checkpoint's
+    best, state["exported_step"] = best_checkpoint(result)
+    with best.as_directory() as directory:
         if weights.exists():
             shutil.rmtree(weights)
         shutil.copytree(directory, weights, ignore=shutil.ignore_patterns(STATE, "optimizer.pt", "deepspeed", "latest",
@@ -274,8 +291,8 @@ def run_training(sft: str | Path | Location, output: str | Path | Location, sett
     if settings.merge and settings.method == "lora":
         merge_adapter(staging / weights[-1], resolve_model(settings.model), staging / "merged")
         (output / "merged").upload(staging / "merged")
-    return TrainResult(output, [output / w for w in weights], state["history"],
-                       state["resumed_at"], dropped, examples, time.perf_counter() - started)
+    return TrainResult(output, [output / w for w in weights], state["history"], state["resumed_at"],
+                       state["exported_step"], dropped, examples, time.perf_counter() - started)
 
 
 def loss_chart(history: list[dict[str, Any]], path: Path | Location, title: str) -> None:
