@@ -18,19 +18,26 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_job(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def run_job(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
 
 
 @pytest.mark.engine
-def test_explore_job_attached_to_the_engine(engine, engine_config, tmp_path):
+def test_explore_job_joins_a_cluster_and_attaches_to_its_engine(ray_session, engine, engine_config, tmp_path):
+    """The explore job joining a running cluster (the session's; --ray.address, as under `ray job
+    submit`) and the engine running there: it explores, writes, refuses to overwrite, resumes, and
+    leaves the cluster's Serve applications running."""
     import pyarrow.parquet as pq
+    from ray import serve
 
+    address = Path(ray_session, "ray_current_cluster").read_text().strip()
     args = ["jobs/explore.py", "--engine.mode", "attach", "--engine.port", str(engine_config.port),
             "--apis", "add_date", "--output", str(tmp_path), "--explore.num_episodes", "1",
             "--explore.num_stm_slots", "1", "--explore.max_turn", "1", "--explore.num_actors", "1",
-            "--explore.turn_max_tokens", "64", "--ray.include_dashboard", "false"]
-    result = run_job(*args)
+            "--explore.turn_max_tokens", "64", "--ray.address", address]
+    joined = {"RAY_AUTH_MODE": "disabled"}  # as the session's cluster was started
+    result = run_job(*args, env=joined)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"exploring 1 APIs × 1 episodes with {engine.model} at {engine.base_url}" in result.stdout
     row = next(line.split() for line in result.stdout.splitlines() if line.startswith("add_date "))
@@ -45,10 +52,11 @@ def test_explore_job_attached_to_the_engine(engine, engine_config, tmp_path):
     assert len(result.stdout.strip().splitlines()) < 15
     assert not [line for line in result.stderr.splitlines() if "episodes" not in line and line.strip()], result.stderr
 
-    again = run_job(*args)  # the same output without --resume: refused before any work
+    again = run_job(*args, env=joined)  # the same output without --resume: refused before any work
     assert again.returncode != 0 and "pass --resume" in again.stderr
-    resumed = run_job(*args, "--resume")
+    resumed = run_job(*args, "--resume", env=joined)
     assert resumed.returncode == 0 and "0 episodes in" in resumed.stdout and "1 from an earlier run" in resumed.stdout
+    assert str(serve.status().applications[engine_config.app_name].status).endswith("RUNNING")
 
 
 def test_bad_input_fails_before_any_work():
@@ -109,11 +117,12 @@ def readme_block(marker: str) -> str:
     return after.split("```bash\n", 1)[1].split("```", 1)[0]
 
 
-@pytest.fixture
-def readme_cluster(tmp_path):
+@pytest.fixture(scope="module")
+def readme_cluster():
     """The README's local cluster, started by the README's own commands up to its `ray submit`, with
     RAY_TMPDIR set so that its processes can be told apart: the teardown kills them (the README's
-    `ray stop` would stop every Ray cluster on the host, the test session's too)."""
+    `ray stop` would stop every Ray cluster on the host, the test session's too). One cluster for the
+    module's tests, as one user submits several jobs to one."""
     import psutil
 
     lines = [ln for ln in readme_block("cluster-commands").splitlines() if ln.strip()]

@@ -1,13 +1,16 @@
-"""Training with Ray Train on the embedded model, tiny settings: the masked loss, a real LoRA run whose
-loss falls and whose adapter changes vLLM's output, full fine-tuning with toolkens resumed after a
-worker is killed mid-run, a rerun that does nothing, and bad input refused before any worker starts."""
+"""Training with Ray Train on the embedded model, tiny settings: the masked loss (toolkens as single
+tokens); the train job as users run it, fully fine-tuning with toolkens (the pipeline's default
+method), a training worker killed mid-run and the run resumed from its checkpoint, the best
+checkpoint kept, a rerun that does nothing, the result served through the OpenAI API behind a key;
+a LoRA adapter that vLLM loads and that changes its output; bad input refused before any worker
+starts."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -20,7 +23,7 @@ from ste_ray.schema import SFTExample, write_records
 from ste_ray.serve import servable_model
 from ste_ray.storage import Location
 from ste_ray.train import TrainInputError, TrainSettings, run_training
-from ste_ray.train.data import IGNORE, tokenize_chat
+from ste_ray.train.data import IGNORE, load_tokenizer, tokenize_chat
 from ste_ray.train.run import check_model, check_workers, find_rounds
 from tests.conftest import stop_group
 from tests.exploration_data import faithful_trials
@@ -82,6 +85,12 @@ def test_the_loss_is_on_the_assistant_tokens_only():
                        "Final Answer: 2023-05-31<|im_end|>\n")
     assert all(label == IGNORE for label in labels[:len(tokenizer.apply_chat_template(
         messages[:2], tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"])])
+    # A toolken is one new token of the training data, as of the model: its embedding is what learns.
+    with_toolkens = load_tokenizer(resolve_model("embedded"), [toolken("add_date")])
+    messages[2]["content"] = messages[2]["content"].replace("add_date", toolken("add_date"))
+    ids, labels = tokenize_chat(with_toolkens, messages)
+    new_id = with_toolkens.convert_tokens_to_ids(toolken("add_date"))
+    assert new_id == len(tokenizer) and labels.count(new_id) == 1
 
 
 def test_bad_input_is_refused_before_training(ray_session, tmp_path):
@@ -108,138 +117,130 @@ def test_bad_input_is_refused_before_training(ray_session, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """The train job as users run it: 2 workers, LoRA, 2 epochs over 12 short examples (6 steps)."""
+def trained(tmp_path_factory) -> tuple[Path, str]:
+    """The train job as users run it, with the pipeline's default method: full fine-tuning, here with
+    toolkens and gradient checkpointing (the recompute path trains and resumes too), 2 workers, 2
+    epochs over 12 short examples (6 steps), every weight and the optimizer's state in each
+    checkpoint. A training worker is killed once the first checkpoint is registered: Ray Train
+    restarts the workers from it. Returns the output and the job's console."""
     root = tmp_path_factory.mktemp("train")
-    sft = write_sft(root / "sft", toolkens=False)
-    args = [sys.executable, "jobs/train.py", "--input", str(sft), "--output", str(root / "out"),
-            "--train.batch_size", "2", "--train.effective_batch_size", "4", "--train.checkpoint_every", "3",
-            "--ray.include_dashboard", "false"]
-    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+    sft = write_sft(root / "sft", toolkens=True)
+    args = [sys.executable, "jobs/train.py", "--input", str(sft), "--output", str(root / "out"), "--train.method", "full",
+            "--train.gradient_checkpointing", "--train.batch_size", "2", "--train.effective_batch_size", "4",
+            "--train.checkpoint_every", "2", "--ray.include_dashboard", "false"]
+    console = root / "console.txt"
+    with console.open("w") as out:
+        job = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        snapshot = root / "out" / "ray_train" / "train" / "checkpoint_manager_snapshot.json"
+        deadline = time.monotonic() + 600
+        # Checkpoints Ray Train has registered (a stored one may not be yet).
+        while not (snapshot.is_file() and json.loads(snapshot.read_text())["checkpoint_results"]):
+            assert job.poll() is None, console.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint"
+            time.sleep(0.5)
+        workers = [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+        assert workers
+        workers[-1].kill()
+        assert job.wait(timeout=900) == 0, console.read_text()[-3000:]
     again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "already holds this finished run (6 steps); nothing to do" in again.stdout
-    return root / "out"
+    return root / "out", console.read_text()
 
 
-def test_training_lowers_the_loss_and_writes_its_outputs(trained):
-    metrics = json.loads((trained / "metrics.json").read_text())
+def test_full_fine_tuning_resumes_after_a_killed_worker_and_keeps_the_best_checkpoint(trained):
+    output, console = trained
+    metrics = json.loads((output / "metrics.json").read_text())
     history = metrics["history"]
-    assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6] and metrics["examples"] == 12
+    assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6] and metrics["examples"] == 12  # every step, each once
+    assert metrics["resumed_at"] and metrics["resumed_at"][0] >= 1  # restarted from a checkpoint, not from scratch
+    assert "resumed from checkpoints at steps" in console
     assert history[-1]["loss"] < 0.6 * history[0]["loss"]
-    validation = [h["validation_loss"] for h in history if "validation_loss" in h]
-    assert len(validation) == 2 and validation[1] < validation[0]  # one per epoch, falling
+    validation = {h["step"]: h["validation_loss"] for h in history if "validation_loss" in h}
+    assert list(validation) == [3, 6]  # one per epoch
+    assert metrics["exported_step"] == min(validation, key=validation.get)  # the lowest validation loss is kept
     assert all(h["tokens_per_s"] > 0 and h["peak_memory_gib"] > 0 for h in history)
-    assert (trained / "adapter" / "adapter_model.safetensors").is_file() and (trained / "loss.png").is_file()
-    assert json.loads((trained / "adapter" / "adapter_config.json").read_text())["r"] == 16
+    model_dir = Path(servable_model(str(output)))
+    assert model_dir == output / "model" and not (output / "adapter").exists() and (output / "loss.png").is_file()
 
 
-@pytest.mark.engine
-def test_the_adapter_loads_in_vllm_and_changes_its_output(trained, tmp_path):
-    messages = json.loads(sft_examples(toolkens=False, copies=1)[0].messages)[:2]
-    result = subprocess.run([sys.executable, "-c", VLLM_LORA, resolve_model("embedded"), str(trained / "adapter"),
-                             json.dumps(messages)], capture_output=True, text=True, timeout=600)
-    line = next((ln for ln in result.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    assert line, result.stderr[-3000:]
-    outputs = json.loads(line.removeprefix("RESULT "))
-    assert outputs["tuned"] != outputs["base"]
-    assert outputs["tuned"].startswith("Action: add_date\nAction Input: {")  # what it was trained to write
+def test_the_toolkens_are_new_tokens_of_the_saved_tokenizer(trained):
+    from transformers import AutoTokenizer
 
-
-def test_full_fine_tuning_resumes_after_a_killed_worker_and_learns_the_calls_with_toolkens(ray_session, tmp_path):
-    """Full fine-tuning (the pipeline's default for the student), every weight and the optimizer's
-    state in each checkpoint: a training worker is killed once the first checkpoint is stored, Ray
-    Train restarts the workers from it, and the run ends with every planned step. The whole model is
-    written to model/ (what serving loads), the toolkens survive in its tokenizer, and the model
-    calls the trained tool by its toolken."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    sft = write_sft(tmp_path / "sft", toolkens=True)
-    # With gradient checkpointing: the recompute path trains (and resumes) too.
-    settings = TrainSettings(method="full", batch_size=2, effective_batch_size=4, epochs=2, checkpoint_every=2,
-                             max_failures=2, gradient_checkpointing=True)
-    outcome: dict = {}
-    thread = threading.Thread(target=lambda: outcome.update(result=run_training(sft, tmp_path / "out", settings,
-                                                                                progress=False)))
-    thread.start()
-    snapshot = tmp_path / "out" / "ray_train" / "train" / "checkpoint_manager_snapshot.json"
-
-    def registered() -> int:  # checkpoints Ray Train has registered (a stored one may not be yet)
-        return len(json.loads(snapshot.read_text())["checkpoint_results"]) if snapshot.is_file() else 0
-
-    while not registered():
-        assert thread.is_alive(), "training ended before its first checkpoint"
-        thread.join(timeout=0.5)
-    workers = [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
-    assert workers
-    workers[-1].kill()
-    thread.join(timeout=900)
-    result = outcome["result"]
-    assert [h["step"] for h in result.history] == [1, 2, 3, 4, 5, 6]  # every planned step, each once
-    assert result.resumed_at and result.resumed_at[0] >= 1  # restarted from a checkpoint, not from scratch
-    model_dir = Path(servable_model(str(tmp_path / "out")))
-    assert model_dir == tmp_path / "out" / "model" and not (tmp_path / "out" / "adapter").exists()
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    output, _ = trained
+    tokenizer = AutoTokenizer.from_pretrained(output / "model")
     base = AutoTokenizer.from_pretrained(resolve_model("embedded"))
-    names = json.loads((sft / "toolkens.json").read_text()).values()
-    for name in names:
+    for name in json.loads((output.parent / "sft" / "toolkens.json").read_text()).values():
         ids = tokenizer(name, add_special_tokens=False)["input_ids"]
         assert len(ids) == 1 and ids[0] >= len(base)  # one new token each
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    messages = json.loads(sft_examples(toolkens=True, copies=1)[0].messages)[:2]
-    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                           return_dict=True)
-    output = model.generate(**prompt, max_new_tokens=12, do_sample=False)
-    answer = tokenizer.decode(output[0, prompt["input_ids"].shape[1]:])
-    assert answer.startswith(f"Action: {toolken('add_date')}"), repr(answer)  # the right tool, by its toolken
+        assert tokenizer.decode(ids) == name
 
 
 @pytest.mark.engine
-def test_the_served_model_answers_through_the_openai_api_behind_a_key(trained, tmp_path):
-    """jobs/serve.py as users run it: the base model and the fine-tuned one on one endpoint, picked
-    by name, behind an API key."""
+def test_the_served_model_answers_through_the_openai_api_behind_a_key(trained, engine, tmp_path):
+    """jobs/serve.py as users run it, on the fully fine-tuned output, behind an API key: it calls the
+    trained tool by its toolken (which vLLM writes as text), where the base model (the session's
+    engine) answers otherwise."""
     import os
     import signal
     import socket
-    import time
     import urllib.error
     import urllib.request
 
+    output, _ = trained
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen([sys.executable, "jobs/serve.py", "--engine.port", str(port), "--serve.api_key_env",
-                               "STE_SERVE_KEY", "--serve.models", json.dumps({"base": "embedded", "tuned": str(trained)}),
+                               "STE_SERVE_KEY", "--serve.models", json.dumps({"tuned": str(output)}),
                                "--ray.include_dashboard", "false"],
                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "STE_SERVE_KEY": "k3y"},
                               start_new_session=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    messages = json.loads(sft_examples(toolkens=False, copies=1)[0].messages)[:2]
+    messages = json.loads(sft_examples(toolkens=True, copies=1)[0].messages)[:2]
 
-    def ask(model: str, key: str | None) -> dict:
+    def ask(url: str, model: str, key: str | None) -> str:
         request = urllib.request.Request(url + "/chat/completions", method="POST", data=json.dumps(
             {"model": model, "messages": messages, "max_tokens": 40, "temperature": 0}).encode(),
             headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})})
         with urllib.request.urlopen(request, timeout=120) as response:
-            return json.loads(response.read())
+            return json.loads(response.read())["choices"][0]["message"]["content"]
 
     try:
         deadline = time.monotonic() + 600
         while "serving; Ctrl-C to stop" not in (tmp_path / "serve.log").read_text():
             assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
             time.sleep(1)
+        url = f"http://127.0.0.1:{port}/v1"
         with pytest.raises(urllib.error.HTTPError) as refused:
-            ask("tuned", None)
+            ask(url, "tuned", None)
         assert refused.value.code == 401
-        base, tuned = (ask(m, "k3y")["choices"][0]["message"]["content"] for m in ("base", "tuned"))
-        assert tuned != base and tuned.startswith("Action: add_date\nAction Input: {")
-        assert (trained / "merged" / "config.json").is_file()  # served merged (see ste_ray/serve)
+        tuned = ask(url, "tuned", "k3y")
+        assert tuned.startswith(f"Action: {toolken('add_date')}\nAction Input: {{"), repr(tuned)  # the right tool, by its toolken
+        assert tuned != ask(engine.base_url, engine.model, None)
     finally:
         stop_group(server, signal.SIGINT, timeout_s=60)
         log.close()
+
+
+@pytest.mark.engine
+def test_a_lora_adapter_loads_in_vllm_and_changes_its_output(ray_session, tmp_path):
+    """LoRA (rank 16 on every projection; the train job's default method): the adapter PEFT writes
+    loads in vLLM's own LoRA support (how a cluster serves adapters from object storage) and makes
+    the model write the call it was trained on."""
+    sft = write_sft(tmp_path / "sft", toolkens=False)
+    settings = TrainSettings(method="lora", batch_size=2, effective_batch_size=4, epochs=1)
+    result = run_training(sft, tmp_path / "out", settings, progress=False)
+    assert [h["step"] for h in result.history] == [1, 2, 3] and result.history[-1]["loss"] < result.history[0]["loss"]
+    adapter = tmp_path / "out" / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 16
+    messages = json.loads(sft_examples(toolkens=False, copies=1)[0].messages)[:2]
+    run = subprocess.run([sys.executable, "-c", VLLM_LORA, resolve_model("embedded"), str(adapter), json.dumps(messages)],
+                         capture_output=True, text=True, timeout=600)
+    line = next((ln for ln in run.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line, run.stderr[-3000:]
+    outputs = json.loads(line.removeprefix("RESULT "))
+    assert outputs["tuned"] != outputs["base"]
+    assert outputs["tuned"].startswith("Action: add_date\nAction Input: {")  # what it was trained to write
 
 
 def test_a_fully_fine_tuned_output_is_served_from_its_model_directory(tmp_path):

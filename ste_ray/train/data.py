@@ -37,14 +37,23 @@ def tokenize_chat(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int],
     return ids, labels
 
 
+def load_tokenizer(tokenizer_dir: str, toolkens: list[str] = ()):
+    """The model's tokenizer, with each toolken added as one new token. Not a special token: vLLM
+    leaves special tokens out of the text it answers with, and the toolken is the API's name."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if toolkens:
+        tokenizer.add_tokens(list(toolkens), special_tokens=False)
+    return tokenizer
+
+
 class Tokenize:
     """A Ray Data UDF (an instance, mapped in tasks: the tokenizer travels with it): SFT rows →
     ``input_ids``, ``labels`` (and ``too_long``, kept for counting)."""
 
-    def __init__(self, tokenizer_dir: str, max_seq_len: int):
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    def __init__(self, tokenizer_dir: str, max_seq_len: int, toolkens: list[str] = ()):
+        self.tokenizer = load_tokenizer(tokenizer_dir, toolkens)
         self.max_seq_len = max_seq_len
 
     def __call__(self, batch: pa.Table) -> pa.Table:

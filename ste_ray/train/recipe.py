@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from ste_ray.storage import Location
-from ste_ray.train.data import pad_batch
+from ste_ray.train.data import load_tokenizer, pad_batch
 
 STATE = "trainer_state.json"
 OPTIMIZER = "optimizer.pt"
@@ -56,13 +56,11 @@ class FineTuneRecipe:
     # Setup
 
     def setup(self) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         torch.manual_seed(self.cfg["seed"])
         checkpoint = ray.train.get_checkpoint()
-        self.tokenizer = AutoTokenizer.from_pretrained(self.cfg["model_dir"])
-        if self.cfg["toolkens"]:
-            self.tokenizer.add_tokens(self.cfg["toolkens"], special_tokens=True)
+        self.tokenizer = load_tokenizer(self.cfg["model_dir"], self.cfg["toolkens"])
         model = AutoModelForCausalLM.from_pretrained(self.cfg["model_dir"], dtype=torch.float32)
         if self.cfg["toolkens"]:
             model.resize_token_embeddings(len(self.tokenizer))

@@ -143,14 +143,15 @@ def check_workers(settings: TrainSettings) -> None:
 # Data
 
 
-def tokenized(directory: Location, model_dir: str, max_seq_len: int) -> tuple[ray.data.Dataset, int, int]:
+def tokenized(directory: Location, model_dir: str, max_seq_len: int, toolkens: list[str]
+              ) -> tuple[ray.data.Dataset, int, int]:
     """The split's tokenized examples (materialized: the trainer reads them every epoch), how many
-    fit, and how many were dropped for length."""
+    fit, and how many were dropped for length; each toolken is one new token, as in the model."""
     files = [f.path for f in directory.files()]
     if not files:
         return ray.data.from_items([]), 0, 0
     ds = ray.data.read_parquet(files, filesystem=directory.fs, columns=["messages"]).map_batches(
-        Tokenize(model_dir, max_seq_len), batch_format="pyarrow").materialize()
+        Tokenize(model_dir, max_seq_len, toolkens), batch_format="pyarrow").materialize()
     too_long = ds.filter(expr="too_long == True").count()
     kept = ds.filter(expr="too_long == False").drop_columns(["too_long"]).materialize()
     return kept, kept.count(), too_long
@@ -187,8 +188,8 @@ def run_round(r: Round, output: Location, staging: Path, settings: TrainSettings
     returns its weights directory relative to ``output`` (made in ``staging``, then uploaded: the
     best checkpoint's, see ``best_checkpoint``), its final trainer state (history, restarts, the
     step exported) and its example counts."""
-    train, n_train, long_train = tokenized(r.data / "train", model_dir, settings.max_seq_len)
-    validation, _, long_validation = tokenized(r.data / "validation", model_dir, settings.max_seq_len)
+    train, n_train, long_train = tokenized(r.data / "train", model_dir, settings.max_seq_len, toolkens)
+    validation, _, long_validation = tokenized(r.data / "validation", model_dir, settings.max_seq_len, toolkens)
     steps_per_epoch = n_train // settings.effective_batch_size
     if steps_per_epoch == 0:
         raise TrainInputError(f"input: {r.data}/train has {n_train} usable examples, fewer than one effective batch "
