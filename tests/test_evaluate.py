@@ -14,7 +14,7 @@ import torch
 from ste_ray.benchmark import Benchmark, benchmark_dir
 from ste_ray.embeddings import Retriever
 from ste_ray.evaluate import EvalSettings, Setting, load_demo_pool, metrics, per_batch_rows, score, select_queries
-from ste_ray.evaluate.runner import PromptFitter, run_setting
+from ste_ray.evaluate.runner import PromptFitter, load_benchmark, run_setting
 from ste_ray.react import parse_output, tool_prompt
 from tests.conftest import ste_data
 
@@ -176,6 +176,23 @@ def test_bad_input_fails_before_any_work(tmp_path):
     result = job("--eval.apis", "no_such_api", "--output", str(tmp_path))
     assert result.returncode != 0 and "'no_such_api' are not benchmark APIs" in result.stderr
     assert "ray" not in result.stdout.lower()
+    (tmp_path / "other.json").write_text(json.dumps({"no_such_api": [{"query": "q", "action": "x", "action_input": "{}"}]}))
+    result = job("--eval.queries", str(tmp_path / "other.json"), "--output", str(tmp_path))
+    assert result.returncode != 0 and "names APIs that are not benchmark APIs: no_such_api" in result.stderr
+    result = job("--judge-model", "judge", "--output", str(tmp_path))
+    assert result.returncode != 0 and "judge_model: names the model of --judge-url's endpoint" in result.stderr
+
+
+def test_other_queries_are_asked_with_the_benchmarks_tools(tmp_path):
+    """--eval.queries (e.g. exploitation's development set): the benchmark's catalogue and scoring
+    with other queries; an API the file has no query for is skipped."""
+    dev = {"add_date": [{"query": "Add 3 days to 2024-01-01.", "action": "add_date",
+                         "action_input": '{"date": "2024-01-01", "days": 3}'}]}
+    (tmp_path / "dev.json").write_text(json.dumps(dev))
+    benchmark = load_benchmark(EvalSettings(queries=str(tmp_path / "dev.json")))
+    assert benchmark.tests == dev and len(benchmark.descriptions) == 50
+    queries = select_queries(benchmark, ["add_date", "get_today_date"], limit=0)
+    assert [(q.api, q.item["query"]) for q in queries] == [("add_date", "Add 3 days to 2024-01-01.")]
 
 
 def test_scoring_job_prints_the_published_figures():
