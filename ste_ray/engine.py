@@ -71,6 +71,10 @@ class EngineConfig:
         "the node type that offers it (the autoscaler adds such nodes on demand)")
     enable_prefix_caching: bool = option(True, help="Reuse the KV cache of shared prompt prefixes")
     cpu_kv_cache_gib: float = option(2.0, help="KV cache size of the CPU engine in GiB (VLLM_CPU_KVCACHE_SPACE)", gt=0)
+    cpu_reserved_cores: int = option(
+        0, help="CPU engine: cores of its node that vLLM's worker leaves to the scheduler process instead of computing "
+        "on them (VLLM_CPU_NUM_OF_RESERVED_CPU). vLLM keeps one by default, which halves a 2-core machine's compute "
+        "(benchmarks/bench_cpu_cores.py)", ge=0)
     engine_kwargs: dict = option(
         default_factory=dict,
         help="Extra vLLM engine arguments passed through, e.g. {enforce_eager: false, dtype: float16}",
@@ -109,7 +113,8 @@ class EngineConfig:
 # What each mode never reads (max_model_len every mode reads: prompts are fitted to it).
 STARTED_ENGINE = {"num_replicas", "max_replicas", "target_ongoing_requests", "upscale_delay_s", "downscale_delay_s",
                   "cpus_per_replica", "gpus_per_replica", "accelerator_type", "resources_per_replica",
-                  "enable_prefix_caching", "cpu_kv_cache_gib", "engine_kwargs", "ready_timeout_s", "cache_dir"}
+                  "enable_prefix_caching", "cpu_kv_cache_gib", "cpu_reserved_cores", "engine_kwargs", "ready_timeout_s",
+                  "cache_dir"}
 UNREAD = {"start": {"url", "api_key_env"}, "attach": STARTED_ENGINE,
           "external": STARTED_ENGINE | {"served_model_name", "app_name", "host", "port"}}
 
@@ -137,6 +142,7 @@ def engine_env_vars(cfg: EngineConfig) -> dict[str, str]:
         # vLLM-CPU sizes its KV cache from NUMA node 0 by default and refuses to start on small
         # machines; an explicit size avoids that and leaves room for Ray and the tools.
         env["VLLM_CPU_KVCACHE_SPACE"] = f"{cfg.cpu_kv_cache_gib:g}"
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(cfg.cpu_reserved_cores)
     return env
 
 
