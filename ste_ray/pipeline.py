@@ -133,6 +133,7 @@ class Pipeline:
         self.specs, source_limits = select_tools(settings.tools, settings.apis)
         self.tool_calls = dataclasses.replace(tool_calls, per_tool={**source_limits, **tool_calls.per_tool})
         self.runs: list[StageRun] = []
+        self.teacher_measured = False  # in this run
 
     def dir(self, stage: str, k: int) -> Location:
         """The output directory of ``stage`` (explore, exploit or train) in round ``k``."""
@@ -292,6 +293,7 @@ class Pipeline:
         atomic_write_text(self.dirs["evaluate"] / "teacher.json", json.dumps(
             {"model": self.teacher.model, "setting": result.setting, **result.scored.metrics,
              "wall_s": round(time.perf_counter() - started, 1)}, indent=1))
+        self.teacher_measured = True
 
     @staticmethod
     def student_name(k: int, seed: int) -> str:
@@ -392,7 +394,11 @@ class Pipeline:
         if teacher:
             measured.setdefault("test", {})[f"teacher {teacher['setting']}"] = teacher
         summaries = {split: self.summary(measured.get(split, {})) for split in SPLITS}
-        walls = read_manifest(self.output).get("stages", {})
+        walls = {}
+        for stage, wall in read_manifest(self.output).get("stages", {}).items():
+            walls[stage] = wall
+            if stage == "exploit" and teacher:  # measured with the teacher's engine, after exploitation
+                walls["teacher's benchmark"] = {"wall_s": teacher["wall_s"], "skipped": not self.teacher_measured}
         headers = ["model / setting", "seeds", "n", "wellformed %", "api_match %", "correct %"]
         tables = {split: [[name, m["seeds"], m["n"], *(shown(m[metric]) for metric in METRICS)]
                           for name, m in summaries[split].items()] for split in SPLITS}
