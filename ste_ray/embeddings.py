@@ -35,14 +35,19 @@ class Retriever:
         n = min(k, scores.shape[1])
         if n == 0:
             return [[] for _ in range(scores.shape[0])]
-        # torch.topk does not order ties; every key as good as the n-th best is a candidate, and a
-        # stable sort of the candidates puts equal scores in index order.
-        kth = torch.topk(scores, n, dim=1).values[:, -1:]
+        # torch.topk does not order ties. Its indices put back in index order, then sorted by score
+        # with a stable sort, order equal scores by index; a row where a key outside the top n scores
+        # as well as the n-th (a tie at the boundary) takes every such key as a candidate instead.
+        top = torch.topk(scores, n, dim=1)
+        indices = top.indices.sort(dim=1).values
+        ranked = indices.gather(1, scores.gather(1, indices).sort(dim=1, descending=True, stable=True).indices)
+        boundary_tie = ((scores >= top.values[:, -1:]).sum(dim=1) > n).tolist()
         result = []
-        for row, threshold, skip in zip(scores, kth, exclude or [set()] * len(scores)):
-            candidates = (row >= threshold).nonzero().squeeze(1)
-            order = torch.sort(row[candidates], descending=True, stable=True).indices
-            result.append([j for j in candidates[order].tolist() if j not in skip][:k])
+        for i, (row, skip) in enumerate(zip(ranked.tolist(), exclude or [set()] * len(scores))):
+            if boundary_tie[i]:
+                candidates = (scores[i] >= top.values[i, -1]).nonzero().squeeze(1)
+                row = candidates[torch.sort(scores[i, candidates], descending=True, stable=True).indices].tolist()
+            result.append([j for j in row if j not in skip][:k])
         return result
 
     @classmethod
