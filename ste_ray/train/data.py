@@ -9,6 +9,7 @@ token). Everything else (the system prompt, the tools, the query, an observation
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ def tokenize_chat(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int],
     return ids, labels
 
 
-def load_tokenizer(tokenizer_dir: str, toolkens: list[str] = ()):
+def load_tokenizer(tokenizer_dir: str, toolkens: Iterable[str] = ()):
     """The model's tokenizer, with each toolken added as one new token. Not a special token: vLLM
     leaves special tokens out of the text it answers with, and the toolken is the API's name."""
     from transformers import AutoTokenizer
@@ -52,7 +53,7 @@ class Tokenize:
     """A Ray Data UDF (an instance, mapped in tasks: the tokenizer travels with it): SFT rows →
     ``input_ids``, ``labels`` (and ``too_long``, kept for counting)."""
 
-    def __init__(self, tokenizer_dir: str, max_seq_len: int, toolkens: list[str] = ()):
+    def __init__(self, tokenizer_dir: str, max_seq_len: int, toolkens: Iterable[str] = ()):
         self.tokenizer = load_tokenizer(tokenizer_dir, toolkens)
         self.max_seq_len = max_seq_len
 

@@ -89,9 +89,8 @@ class FineTuneRecipe:
         tables = {id(t.weight): t.weight for t in (model.get_input_embeddings(), model.get_output_embeddings())
                   if t is not None}  # one table when the model ties them
         with torch.no_grad():
-            for token in self.cfg["toolkens"]:
-                name = token.removeprefix("<tool_").removesuffix(">")  # exploit.sft.toolken's format
-                pieces = self.tokenizer(name, add_special_tokens=False)["input_ids"]
+            for token, api in self.cfg["toolkens"].items():
+                pieces = self.tokenizer(api, add_special_tokens=False)["input_ids"]
                 for table in tables.values():
                     table[self.tokenizer.convert_tokens_to_ids(token)] = table[pieces].mean(dim=0)
 
@@ -108,7 +107,7 @@ class FineTuneRecipe:
 
         if weights_dir:
             return PeftModel.from_pretrained(model, weights_dir, is_trainable=True)
-        toolken_ids = self.tokenizer.convert_tokens_to_ids(self.cfg["toolkens"]) if self.cfg["toolkens"] else None
+        toolken_ids = self.tokenizer.convert_tokens_to_ids(list(self.cfg["toolkens"])) if self.cfg["toolkens"] else None
         config = LoraConfig(r=self.cfg["lora_rank"], lora_alpha=self.cfg["lora_alpha"],
                             lora_dropout=self.cfg["lora_dropout"], target_modules=self.cfg["lora_target_modules"],
                             task_type="CAUSAL_LM",

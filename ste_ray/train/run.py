@@ -143,7 +143,7 @@ def check_workers(settings: TrainSettings) -> None:
 # Data
 
 
-def tokenized(directory: Location, model_dir: str, max_seq_len: int, toolkens: list[str]
+def tokenized(directory: Location, model_dir: str, max_seq_len: int, toolkens: dict[str, str]
               ) -> tuple[ray.data.Dataset, int, int]:
     """The split's tokenized examples (materialized: the trainer reads them every epoch), how many
     fit, and how many were dropped for length; each toolken is one new token, as in the model."""
@@ -183,7 +183,7 @@ def best_checkpoint(result) -> tuple[ray.train.Checkpoint, int]:
 
 
 def run_round(r: Round, output: Location, staging: Path, settings: TrainSettings, model_dir: str,
-              toolkens: list[str], start_weights: str | None, progress: bool) -> tuple[str, dict[str, Any], int, int]:
+              toolkens: dict[str, str], start_weights: str | None, progress: bool) -> tuple[str, dict[str, Any], int, int]:
     """One training run, from ``start_weights`` (the previous round's, a path or URI) if given;
     returns its weights directory relative to ``output`` (made in ``staging``, then uploaded: the
     best checkpoint's, see ``best_checkpoint``), its final trainer state (history, restarts, the
@@ -277,7 +277,9 @@ def run_training(sft: str | Path | Location, output: str | Path | Location, sett
     model_dir = check_model(settings)
     check_workers(settings)
     toolkens_file = sft / "toolkens.json"
-    toolkens = sorted(json.loads(toolkens_file.read_text()).values()) if toolkens_file.is_file() else []
+    # token → the API it names, in token order (the order the new token ids are given in)
+    toolkens = dict(sorted((token, api) for api, token in json.loads(toolkens_file.read_text()).items())) \
+        if toolkens_file.is_file() else {}
     staging = output.staging_dir("train")
     weights: list[str] = []  # relative to output (and to staging)
     state: dict[str, Any] = {}
