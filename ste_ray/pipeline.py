@@ -54,6 +54,7 @@ from ste_ray.tools.sources import ToolSource, select_tools
 from ste_ray.train import TrainSettings, loss_chart, run_training
 from ste_ray.train.run import weights_name
 
+TEACHER_STAGE, TEACHER_FILE = "teacher's benchmark", "teacher.json"  # in round 1, with the teacher's engine
 ROUND_STAGES = ["explore", "exploit", "train"]  # serving is part of evaluate: the students are served, then measured
 SPLITS = ("dev", "test")  # the development queries (exploit's dev_queries.json), the benchmark's held-out test queries
 
@@ -133,7 +134,7 @@ class Pipeline:
         self.specs, source_limits = select_tools(settings.tools, settings.apis)
         self.tool_calls = dataclasses.replace(tool_calls, per_tool={**source_limits, **tool_calls.per_tool})
         self.runs: list[StageRun] = []
-        self.teacher_measured = False  # in this run
+        self.earlier_runs = read_manifest(output).get("stages", {})  # a stage skipped now keeps its time from these
 
     def dir(self, stage: str, k: int) -> Location:
         """The output directory of ``stage`` (explore, exploit or train) in round ``k``."""
@@ -162,15 +163,22 @@ class Pipeline:
         directory = self.dirs[stage]
         complete = self.complete(stage)
         if complete or not self.wanted(stage):
-            earlier = read_manifest(self.output).get("stages", {}).get(stage, {})  # its time in the run that did it
-            self.runs.append(StageRun(stage, True, earlier.get("wall_s", 0.0) if complete else 0.0))
+            self.record(stage, None)
             self.say(f"{stage}: " + ("complete, skipped" if complete else "not asked for"))
             return
         started = time.perf_counter()
         self.say(f"{stage}: running")
         directory.mkdir()
         work()
-        self.runs.append(StageRun(stage, False, time.perf_counter() - started))
+        self.record(stage, time.perf_counter() - started)
+
+    def record(self, stage: str, wall_s: float | None) -> None:
+        """A stage's line of the manifest's wall times: ``wall_s`` for work done in this run, None for
+        a stage skipped (with its time in the earlier run that did it, if one did)."""
+        if wall_s is None:
+            self.runs.append(StageRun(stage, True, self.earlier_runs.get(stage, {}).get("wall_s", 0.0)))
+        else:
+            self.runs.append(StageRun(stage, False, wall_s))
         update_manifest(self.output, {"stages": {r.name: {"skipped": r.skipped, "wall_s": round(r.wall_s, 1)}
                                                  for r in self.runs}})
 
@@ -185,7 +193,7 @@ class Pipeline:
         round's student as the explorer), then training once the engines are gone."""
         explore, exploit, train = (f"{stage}{suffix(k)}" for stage in ROUND_STAGES)
         teacher_eval = k == 1 and self.settings.test_queries and self.settings.teacher_eval_limit and \
-            self.wanted("evaluate") and not (self.dirs["evaluate"] / "teacher.json").is_file()
+            self.wanted("evaluate") and not (self.dirs["evaluate"] / TEACHER_FILE).is_file()
         needs_teacher = self.pending(explore) or self.pending(exploit) or teacher_eval
         with model_endpoint(self.teacher) if needs_teacher else contextlib.nullcontext() as teacher:
             student = self.served_student(k - 1) if k > 1 and self.pending(explore) else None
@@ -194,6 +202,8 @@ class Pipeline:
             self.timed(exploit, lambda: self.exploit(k, teacher))
             if teacher_eval:
                 self.evaluate_teacher(teacher)
+            elif k == 1 and (self.dirs["evaluate"] / TEACHER_FILE).is_file():  # measured by an earlier run
+                self.record(TEACHER_STAGE, None)
         self.timed(train, lambda: self.train(k))
 
     @contextlib.contextmanager
@@ -290,10 +300,11 @@ class Pipeline:
         self.say(f"teacher: measured on {self.settings.teacher_eval_limit} test queries per API")
         started = time.perf_counter()
         (result,) = self.benchmark(teacher, self.teacher, "test", ["top5"], self.settings.teacher_eval_limit)
-        atomic_write_text(self.dirs["evaluate"] / "teacher.json", json.dumps(
+        wall_s = time.perf_counter() - started
+        atomic_write_text(self.dirs["evaluate"] / TEACHER_FILE, json.dumps(
             {"model": self.teacher.model, "setting": result.setting, **result.scored.metrics,
-             "wall_s": round(time.perf_counter() - started, 1)}, indent=1))
-        self.teacher_measured = True
+             "wall_s": round(wall_s, 1)}, indent=1))
+        self.record(TEACHER_STAGE, wall_s)
 
     @staticmethod
     def student_name(k: int, seed: int) -> str:
@@ -389,16 +400,12 @@ class Pipeline:
     def report(self) -> dict[str, Any]:
         """report.md, outcome.png and the outcome as a dict (also the console table's rows)."""
         measured = self.measured()
-        teacher_file = self.dirs["evaluate"] / "teacher.json"
+        teacher_file = self.dirs["evaluate"] / TEACHER_FILE
         teacher = json.loads(teacher_file.read_text()) if teacher_file.is_file() else None
         if teacher:
             measured.setdefault("test", {})[f"teacher {teacher['setting']}"] = teacher
         summaries = {split: self.summary(measured.get(split, {})) for split in SPLITS}
-        walls = {}
-        for stage, wall in read_manifest(self.output).get("stages", {}).items():
-            walls[stage] = wall
-            if stage == "exploit" and teacher:  # measured with the teacher's engine, after exploitation
-                walls["teacher's benchmark"] = {"wall_s": teacher["wall_s"], "skipped": not self.teacher_measured}
+        walls = read_manifest(self.output).get("stages", {})
         headers = ["model / setting", "seeds", "n", "wellformed %", "api_match %", "correct %"]
         tables = {split: [[name, m["seeds"], m["n"], *(shown(m[metric]) for metric in METRICS)]
                           for name, m in summaries[split].items()] for split in SPLITS}

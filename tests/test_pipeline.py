@@ -29,7 +29,7 @@ from ste_ray.exploit.model_steps import lost_value
 from ste_ray.exploit.run import Example
 from ste_ray.explore import ExploreSettings
 from ste_ray.model import resolve_model
-from ste_ray.pipeline import Pipeline, PipelineSettings
+from ste_ray.pipeline import TEACHER_STAGE, Pipeline, PipelineSettings
 from ste_ray.runs import read_manifest, update_manifest
 from ste_ray.schema import Episode, JudgedTrial, SFTExample, Trial, read_records
 from ste_ray.storage import Location
@@ -254,6 +254,27 @@ def test_the_report_gives_the_mean_and_spread_over_the_seeds(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert f"| tuned top5 | 3 | 150 | {' | '.join(same)} | 28.0 ± 2.0 (26.0–30.0) |" in report
     assert f"| tuned top5 | 3 | 150 | {' | '.join(same)} | 55.0 ± 5.0 (50.0–60.0) |" in report.split("## Development")[1]
+
+
+def test_a_rerun_keeps_each_skipped_stages_time_from_the_run_that_did_it(tmp_path):
+    """The manifest's wall times, the teacher's benchmark among the stages: a stage done in this run
+    with its time; a stage an earlier run did, skipped, with that run's time."""
+    def pipeline() -> Pipeline:
+        return Pipeline(Location.of(tmp_path), PipelineSettings(apis=["add_date"]), EngineConfig(), EngineConfig(),
+                        ExploreSettings(), ToolCallConfig(), ExploitSettings(), TrainSettings(), EvalSettings(),
+                        say=print)
+
+    first = pipeline()
+    first.record("explore", 12.34)
+    first.record(TEACHER_STAGE, 3.0)
+    again = pipeline()
+    again.record("explore", None)
+    again.record(TEACHER_STAGE, None)
+    again.record("exploit", 5.0)
+    assert read_manifest(tmp_path)["stages"] == {"explore": {"skipped": True, "wall_s": 12.3},
+                                                 TEACHER_STAGE: {"skipped": True, "wall_s": 3.0},
+                                                 "exploit": {"skipped": False, "wall_s": 5.0}}
+    assert "| teacher's benchmark | 3.000 | True |" in (again.report(), (tmp_path / "report.md").read_text())[1]
 
 
 def _group(process: psutil.Process) -> int | None:
