@@ -5,6 +5,7 @@ tool's schema, over many samples at temperature 1.0."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 
@@ -79,10 +80,12 @@ async def test_constrained_turns_always_parse_and_validate(engine):
     specs = select_builtin(list(SAMPLED))
     calls = 0
     async with engine.client(max_concurrency=8) as llm:
-        for spec in specs:
-            messages = [{"role": "user", "content": trial_prompt(spec.name, SAMPLED[spec.name])}]
-            result = await llm.chat(messages, temperature=1.0, max_tokens=192, n=SAMPLES_PER_TOOL, stop=["Observation:"],
-                                    extra_body=grammar_request(turn_grammar([(spec.name, spec.parameters)])))
+        # Asked together: the engine batches every tool's samples.
+        results = await asyncio.gather(*(llm.chat(
+            [{"role": "user", "content": trial_prompt(spec.name, SAMPLED[spec.name])}], temperature=1.0,
+            max_tokens=192, n=SAMPLES_PER_TOOL, stop=["Observation:"],
+            extra_body=grammar_request(turn_grammar([(spec.name, spec.parameters)]))) for spec in specs))
+        for spec, result in zip(specs, results):
             assert len(result.texts) == SAMPLES_PER_TOOL
             for text in result.texts:
                 turn = parse_turn(text, [spec.name])
@@ -124,12 +127,13 @@ async def test_constrained_turns_honour_nested_schemas_and_escaped_strings(engin
 
     complete = {name: 0 for name in RICH}
     async with engine.client(max_concurrency=8) as llm:
-        for name, (schema, request) in RICH.items():
+        results = await asyncio.gather(*(llm.chat(
+            [{"role": "user", "content": trial_prompt(name, request)}], temperature=1.0, max_tokens=256,
+            n=SAMPLES_PER_TOOL, stop=["Observation:"],
+            extra_body=grammar_request(turn_grammar([(name, schema)], allow_final=False)))  # a call, never an answer
+            for name, (schema, request) in RICH.items()))
+        for (name, (schema, _)), result in zip(RICH.items(), results):
             spec = ToolSpec(name=name, description=f"The {name} API.", parameters=schema)
-            messages = [{"role": "user", "content": trial_prompt(name, request)}]
-            grammar = turn_grammar([(name, schema)], allow_final=False)  # a call, never a final answer
-            result = await llm.chat(messages, temperature=1.0, max_tokens=256, n=SAMPLES_PER_TOOL, stop=["Observation:"],
-                                    extra_body=grammar_request(grammar))
             for text, finish in zip(result.texts, result.finish_reasons):
                 if finish == "length":
                     continue

@@ -99,7 +99,7 @@ async def test_run_writes_parquet_and_survives_a_failing_tool(ray_session, engin
 
 
 async def test_killed_run_resumes_without_loss_or_repeats(ray_session, engine, tmp_path):
-    settings = ExploreSettings(num_episodes=6, episodes_in_flight=1, **TINY)
+    settings = ExploreSettings(num_episodes=4, episodes_in_flight=1, **TINY)
     cfg = tool_cfg()
     run = asyncio.ensure_future(run_exploration(engine, [add_date()], settings, cfg, tmp_path, "r2", progress=False))
     while len(list((tmp_path / "episodes").glob("*.parquet"))) < 2:
@@ -108,13 +108,13 @@ async def test_killed_run_resumes_without_loss_or_repeats(ray_session, engine, t
     with pytest.raises(asyncio.CancelledError):
         await run
     finished_before = {e["episode_id"] for e in read_dir(tmp_path / "episodes", Episode).to_pylist()}
-    assert 2 <= len(finished_before) < 6
+    assert 2 <= len(finished_before) < 4
 
     result = await run_exploration(engine, [add_date()], settings, cfg, tmp_path, "r3", progress=False)
-    assert result.episodes_before == len(finished_before) and result.episodes_done == 6 - len(finished_before)
+    assert result.episodes_before == len(finished_before) and result.episodes_done == 4 - len(finished_before)
     episodes = read_dir(tmp_path / "episodes", Episode).to_pylist()
     ids = [e["episode_id"] for e in episodes]
-    assert sorted(ids) == sorted(episode_id("add_date", i) for i in range(6))  # all, none twice
+    assert sorted(ids) == sorted(episode_id("add_date", i) for i in range(4))  # all, none twice
     trials = read_dir(tmp_path / "trials", Trial).to_pylist()
     assert sorted(t["episode_id"] for t in trials) == sorted(ids)
     # Long-term memory was rebuilt from what the first run wrote.
