@@ -4,6 +4,7 @@ user's cluster) with the embedded model deployed through ste_ray.engine, exactly
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import shutil
@@ -30,6 +31,7 @@ def ste_data() -> Path:
     """The STE repository's data the tests need beyond what the package ships (all 817 API
     descriptions, the paper's 22 prediction files; MIT, see LICENSE inside), unpacked once."""
     target = Path(tempfile.mkdtemp(prefix="ste-data-"))
+    atexit.register(shutil.rmtree, target, ignore_errors=True)  # read at collection, before any fixture
     with tarfile.open(DATA / "ste.tar.xz") as archive:
         archive.extractall(target, filter="data")
     return target

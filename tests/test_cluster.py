@@ -5,9 +5,11 @@ own model, and every job flag a manifest uses against that job's --help."""
 
 from __future__ import annotations
 
+import atexit
 import copy
 import functools
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -28,6 +30,7 @@ SCHEMA_FILES = {"RayCluster": "rayclusters.v1.schema.json", "RayJob": "rayjobs.v
 @functools.lru_cache(maxsize=1)
 def kuberay_schemas() -> Path:
     target = Path(tempfile.mkdtemp(prefix="kuberay-"))
+    atexit.register(shutil.rmtree, target, ignore_errors=True)
     with tarfile.open(ROOT / "tests" / "data" / "kuberay.tar.xz") as archive:
         archive.extractall(target, filter="data")
     return target
