@@ -177,13 +177,18 @@ def test_a_second_round_explores_with_the_fine_tuned_student(tmp_path, engine, e
     assert "ste-engine-explorer" not in serve.status().applications  # released once it has explored
 
 
+def unit_pipeline(output: Path, **settings) -> Pipeline:
+    """A pipeline whose control flow a unit test drives (nothing started; default settings otherwise)."""
+    return Pipeline(Location.of(output), PipelineSettings(apis=["add_date"], **settings), EngineConfig(), EngineConfig(),
+                    ExploreSettings(), ToolCallConfig(), ExploitSettings(), TrainSettings(method="full"),
+                    EvalSettings(), say=print)
+
+
 def test_evaluation_is_complete_only_with_a_row_for_every_student(tmp_path):
     """A finished evaluation is skipped, unless a round or a seed was added whose student has no row
     yet; with a development set, every student needs its development rows too."""
     def pipeline(rounds: int, seeds: list[int]) -> Pipeline:
-        return Pipeline(Location.of(tmp_path), PipelineSettings(rounds=rounds, seeds=seeds, apis=["add_date"]),
-                        EngineConfig(), EngineConfig(), ExploreSettings(), ToolCallConfig(), ExploitSettings(),
-                        TrainSettings(), EvalSettings(), say=print)
+        return unit_pipeline(tmp_path, rounds=rounds, seeds=seeds)
 
     update_manifest(tmp_path / "evaluate", {"status": "finished"})
     rows = ["base top5", "base top5+demos4", "tuned-s0 top5", "tuned-s0 top5+constrained"]
@@ -212,9 +217,7 @@ def test_every_seed_is_trained_and_a_later_round_starts_from_its_own_seeds_weigh
         return TrainResult(output, [], history, [], 2, 0, 4, 0.1)
 
     monkeypatch.setattr("ste_ray.pipeline.run_training", run_training)
-    pipeline = Pipeline(Location.of(tmp_path), PipelineSettings(rounds=2, seeds=[0, 1], apis=["add_date"]),
-                        EngineConfig(), EngineConfig(), ExploreSettings(), ToolCallConfig(), ExploitSettings(),
-                        TrainSettings(method="full"), EvalSettings(), say=print)
+    pipeline = unit_pipeline(tmp_path, rounds=2, seeds=[0, 1])
     update_manifest(tmp_path / "train" / "seed_1", {"status": "finished"})  # finished before a crash
     pipeline.train(1)
     pipeline.train(2)
@@ -228,9 +231,7 @@ def test_every_seed_is_trained_and_a_later_round_starts_from_its_own_seeds_weigh
 def test_the_report_gives_the_mean_and_spread_over_the_seeds(tmp_path):
     """Each fine-tuned row of the report is the mean over the seeds, with the sample standard deviation
     and the range; the base and teacher rows stand alone; development and test are reported apart."""
-    pipeline = Pipeline(Location.of(tmp_path), PipelineSettings(seeds=[0, 1, 2], apis=["add_date"]), EngineConfig(),
-                        EngineConfig(), ExploreSettings(), ToolCallConfig(), ExploitSettings(), TrainSettings(),
-                        EvalSettings(), say=print)
+    pipeline = unit_pipeline(tmp_path, seeds=[0, 1, 2])
 
     def row(correct: float) -> dict:
         return {"n": 150, "wellformed": 99.0, "api_match": 50.0, "correct": correct}
@@ -259,22 +260,18 @@ def test_the_report_gives_the_mean_and_spread_over_the_seeds(tmp_path):
 def test_a_rerun_keeps_each_skipped_stages_time_from_the_run_that_did_it(tmp_path):
     """The manifest's wall times, the teacher's benchmark among the stages: a stage done in this run
     with its time; a stage an earlier run did, skipped, with that run's time."""
-    def pipeline() -> Pipeline:
-        return Pipeline(Location.of(tmp_path), PipelineSettings(apis=["add_date"]), EngineConfig(), EngineConfig(),
-                        ExploreSettings(), ToolCallConfig(), ExploitSettings(), TrainSettings(), EvalSettings(),
-                        say=print)
-
-    first = pipeline()
+    first = unit_pipeline(tmp_path)
     first.record("explore", 12.34)
     first.record(TEACHER_STAGE, 3.0)
-    again = pipeline()
+    again = unit_pipeline(tmp_path)
     again.record("explore", None)
     again.record(TEACHER_STAGE, None)
     again.record("exploit", 5.0)
     assert read_manifest(tmp_path)["stages"] == {"explore": {"skipped": True, "wall_s": 12.3},
                                                  TEACHER_STAGE: {"skipped": True, "wall_s": 3.0},
                                                  "exploit": {"skipped": False, "wall_s": 5.0}}
-    assert "| teacher's benchmark | 3.000 | True |" in (again.report(), (tmp_path / "report.md").read_text())[1]
+    again.report()
+    assert "| teacher's benchmark | 3.000 | True |" in (tmp_path / "report.md").read_text()
 
 
 def _group(process: psutil.Process) -> int | None:
