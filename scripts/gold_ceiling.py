@@ -9,17 +9,20 @@ learn from human-written requests, never a way to choose a default.
     python jobs/evaluate.py --engine.model outputs/gold/fold_0/train/model --engine.max_model_len 4096 \\
         --eval.queries outputs/gold/fold_0/queries.json --eval.settings top5 --judge none --output outputs/gold/fold_0/evaluate
     ...                                                                    # the same for every fold
-    python scripts/gold_ceiling.py collect --output outputs/gold --results results/ceiling_gold.json
+    python scripts/gold_ceiling.py collect --output outputs/gold --results results/ceiling_gold.json \\
+        --students outputs/pipeline/evaluate/predictions/test/tuned-s0-top5.json   # the STE student, same folds
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from pathlib import Path
 
 from ste_ray.benchmark import Benchmark
 from ste_ray.embeddings import Retriever
+from ste_ray.evaluate.scoring import score
 from ste_ray.exploit.sft import FormatExamples
 from ste_ray.react import ste_block
 from ste_ray.schema import SFTExample, write_records
@@ -55,16 +58,32 @@ def prepare(output: Path, folds: int, distractors: int) -> None:
         print(f"{directory}: {len(train)} training examples, {sum(map(len, held_out.values()))} held-out queries")
 
 
-def collect(output: Path, results: Path) -> None:
+def collect(output: Path, results: Path, students: list[Path]) -> None:
+    """The folds' figures pooled by query; with ``students`` (evaluation prediction files of the same
+    benchmark queries, e.g. the pipeline's students), their figures on each fold's queries beside them."""
     folds = sorted(output.glob("fold_*"))
-    per_fold = {f.name: json.loads((f / "evaluate" / "metrics.json").read_text()) for f in folds}
-    rows = {name: m["settings"]["top5"] for name, m in per_fold.items()}
+    rows = {f.name: json.loads((f / "evaluate" / "metrics.json").read_text())["settings"]["top5"] for f in folds}
+    report = {"folds": rows, "pooled_over_folds": pooled(rows)}
+    for path in students:
+        predictions = json.loads(path.read_text())
+        per_fold = {}
+        for fold in folds:
+            held_out = {(api, item["query"]) for api, items in json.loads((fold / "queries.json").read_text()).items()
+                        for item in items}
+            on_fold = {api: [i for i in items if (api, i["query"]) in held_out] for api, items in predictions.items()}
+            per_fold[fold.name] = asyncio.run(score(on_fold, set(), "none")).metrics
+        report.setdefault("students_on_the_same_folds", {})[path.stem] = {"folds": per_fold,
+                                                                          "pooled_over_folds": pooled(per_fold)}
+    results.write_text(json.dumps(report, indent=1))
+    print(json.dumps(report["pooled_over_folds"]))
+
+
+def pooled(rows: dict[str, dict]) -> dict[str, float]:
     n = sum(r["n"] for r in rows.values())
-    pooled = {metric: round(sum(r[metric] * r["n"] for r in rows.values()) / n, 2) for metric in ("wellformed", "correct")}
+    result = {metric: round(sum(r[metric] * r["n"] for r in rows.values()) / n, 2) for metric in ("wellformed", "correct")}
     wellformed = sum(r["wellformed"] * r["n"] for r in rows.values())  # api_match is a share of the wellformed
-    pooled["api_match"] = round(sum(r["api_match"] * r["wellformed"] * r["n"] for r in rows.values()) / wellformed, 2)
-    results.write_text(json.dumps({"folds": rows, "pooled_over_folds": {"n": n, **pooled}}, indent=1))
-    print(json.dumps({"n": n, **pooled}))
+    result["api_match"] = round(sum(r["api_match"] * r["wellformed"] * r["n"] for r in rows.values()) / wellformed, 2)
+    return {"n": n, **result}
 
 
 if __name__ == "__main__":
@@ -74,5 +93,10 @@ if __name__ == "__main__":
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--distractors", type=int, default=4)
     parser.add_argument("--results", type=Path, default=Path("results/ceiling_gold.json"))
+    parser.add_argument("--students", type=Path, nargs="*", default=[],
+                        help="collect: prediction files of other models on the same queries, scored per fold")
     args = parser.parse_args()
-    prepare(args.output, args.folds, args.distractors) if args.action == "prepare" else collect(args.output, args.results)
+    if args.action == "prepare":
+        prepare(args.output, args.folds, args.distractors)
+    else:
+        collect(args.output, args.results, args.students)
