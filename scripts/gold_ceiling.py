@@ -60,10 +60,12 @@ def prepare(output: Path, folds: int, distractors: int) -> None:
 
 def collect(output: Path, results: Path, students: list[Path]) -> None:
     """The folds' figures pooled by query; with ``students`` (evaluation prediction files of the same
-    benchmark queries, e.g. the pipeline's students), their figures on each fold's queries beside them."""
-    folds = sorted(output.glob("fold_*"))
+    benchmark queries, e.g. the pipeline's students), their figures on each fold's queries beside them.
+    Folds not evaluated yet are left out and named."""
+    prepared = sorted(output.glob("fold_*"))
+    folds = [f for f in prepared if (f / "evaluate" / "metrics.json").is_file()]
     rows = {f.name: json.loads((f / "evaluate" / "metrics.json").read_text())["settings"]["top5"] for f in folds}
-    report = {"folds": rows, "pooled_over_folds": pooled(rows)}
+    report = {"folds": rows, "not_evaluated": [f.name for f in prepared if f not in folds], "pooled_over_folds": pooled(rows)}
     for path in students:
         predictions = json.loads(path.read_text())
         per_fold = {}

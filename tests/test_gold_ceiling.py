@@ -53,6 +53,7 @@ def test_collect_pools_the_folds_by_query_and_scores_other_students_on_the_same_
         (tmp_path / f"fold_{fold}" / "evaluate").mkdir(parents=True)
         (tmp_path / f"fold_{fold}" / "evaluate" / "metrics.json").write_text(json.dumps({"settings": {"top5": row}}))
         (tmp_path / f"fold_{fold}" / "queries.json").write_text(json.dumps({"add_date": [truth["add_date"][fold]]}))
+    (tmp_path / "fold_3").mkdir()  # prepared, not trained yet
     # A student right on q0, calling the right API with a wrong value on q1, not calling on q2.
     answers = ['Action: add_date\nAction Input: {"days": "0"}', 'Action: add_date\nAction Input: {"days": "9"}',
                "Final Answer: no"]
@@ -65,6 +66,7 @@ def test_collect_pools_the_folds_by_query_and_scores_other_students_on_the_same_
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(results.read_text())
     # correct: (20 + 15 + 8) of 140 queries; api_match: (30 + 22.5 + 20) of the 115 wellformed answers
+    assert report["not_evaluated"] == ["fold_3"]
     assert report["pooled_over_folds"] == {"n": 140, "wellformed": 82.14, "correct": 30.71, "api_match": 63.04}
     scored = report["students_on_the_same_folds"]["student-top5"]
     assert [scored["folds"][f"fold_{k}"]["correct"] for k in range(3)] == [100.0, 0.0, 0.0]
