@@ -62,7 +62,7 @@ def collect(output: Path, results: Path, students: list[Path]) -> None:
     """The folds' figures pooled by query; with ``students`` (evaluation prediction files of the same
     benchmark queries, e.g. the pipeline's students), their figures on each fold's queries beside them.
     Folds not evaluated yet are left out and named."""
-    prepared = sorted(output.glob("fold_*"))
+    prepared = sorted(p for p in output.glob("fold_*") if p.is_dir())
     folds = [f for f in prepared if (f / "evaluate" / "metrics.json").is_file()]
     rows = {f.name: json.loads((f / "evaluate" / "metrics.json").read_text())["settings"]["top5"] for f in folds}
     report = {"folds": rows, "not_evaluated": [f.name for f in prepared if f not in folds], "pooled_over_folds": pooled(rows)}

@@ -54,6 +54,7 @@ def test_collect_pools_the_folds_by_query_and_scores_other_students_on_the_same_
         (tmp_path / f"fold_{fold}" / "evaluate" / "metrics.json").write_text(json.dumps({"settings": {"top5": row}}))
         (tmp_path / f"fold_{fold}" / "queries.json").write_text(json.dumps({"add_date": [truth["add_date"][fold]]}))
     (tmp_path / "fold_3").mkdir()  # prepared, not trained yet
+    (tmp_path / "fold_3.log").write_text("")  # not a fold
     # A student right on q0, calling the right API with a wrong value on q1, not calling on q2.
     answers = ['Action: add_date\nAction Input: {"days": "0"}', 'Action: add_date\nAction Input: {"days": "9"}',
                "Final Answer: no"]
