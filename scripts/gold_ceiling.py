@@ -64,6 +64,8 @@ def collect(output: Path, results: Path, students: list[Path]) -> None:
     Folds not evaluated yet are left out and named."""
     prepared = sorted(p for p in output.glob("fold_*") if p.is_dir())
     folds = [f for f in prepared if (f / "evaluate" / "metrics.json").is_file()]
+    if not folds:
+        raise SystemExit(f"error: no fold under {output} is evaluated yet (fold_*/evaluate/metrics.json)")
     rows = {f.name: json.loads((f / "evaluate" / "metrics.json").read_text())["settings"]["top5"] for f in folds}
     report = {"folds": rows, "not_evaluated": [f.name for f in prepared if f not in folds], "pooled_over_folds": pooled(rows)}
     for path in students:
