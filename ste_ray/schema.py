@@ -1,6 +1,7 @@
 """The records the stages write and read, one typed definition each; the Parquet schema is derived
 from the dataclass, so a field is declared once. A stage reads the previous stage's output
-directory through ``read_dir`` / ``read_records``, so each stage can be rerun alone.
+directory through ``read_dir`` / ``read_records`` (or ``read_dataset``, as a Ray Data dataset), so
+each stage can be rerun alone.
 
 explore writes, under its output directory:
   trials/*.parquet      ``Trial`` rows (one per STM slot: query, steps, answer, reflection)
@@ -183,6 +184,33 @@ def read_dir(directory: str | Path | Location, record: type, columns: list[str] 
     if not files:
         return schema.empty_table()
     return pa.concat_tables(f.read_table(schema, columns) for f in files)
+
+
+# Ray 2.60's default Parquet reader (Ray Data's V2 datasource) lists the files on new FooterReader
+# actors at every read: 5-8 s for a few small files on 2 cores, where the V1 reader takes under a
+# second (benchmarks/bench_parquet_reader.py). The stages read small directories, many times a run.
+RAY_DATA_PARQUET_V2 = False
+
+
+def read_dataset(directory: str | Path | Location, record: type, columns: list[str] | None = None):
+    """The Parquet files of a directory as a Ray Data dataset of ``record`` rows (or their
+    ``columns``), read with Ray Data's V1 Parquet reader unless ``RAY_DATA_PARQUET_V2``; an empty
+    dataset if the directory holds none."""
+    import ray.data
+
+    schema = arrow_schema(record)
+    if columns:
+        schema = pa.schema([schema.field(c) for c in columns])
+    location = Location.of(directory)
+    files = [f.path for f in location.files()]
+    if not files:
+        return ray.data.from_arrow(schema.empty_table())
+    context = ray.data.DataContext.get_current()  # read_parquet picks the reader from it, then and there
+    default, context.use_datasource_v2 = context.use_datasource_v2, RAY_DATA_PARQUET_V2
+    try:
+        return ray.data.read_parquet(files, filesystem=location.fs, schema=schema, columns=columns)
+    finally:
+        context.use_datasource_v2 = default
 
 
 def read_records(directory: str | Path | Location, record: type[R]) -> list[R]:

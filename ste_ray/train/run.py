@@ -33,7 +33,7 @@ from tqdm import tqdm
 from ste_ray.engine import autoscaler_running
 from ste_ray.model import resolve_model
 from ste_ray.runtime import terminal
-from ste_ray.schema import SFTExample, arrow_schema
+from ste_ray.schema import SFTExample, arrow_schema, read_dataset
 from ste_ray.storage import Location
 from ste_ray.train.data import Tokenize
 from ste_ray.train.recipe import NOT_SCORED, SELECTION, STATE, train_worker
@@ -147,10 +147,9 @@ def tokenized(directory: Location, model_dir: str, max_seq_len: int, toolkens: d
               ) -> tuple[ray.data.Dataset, int, int]:
     """The split's tokenized examples (materialized: the trainer reads them every epoch), how many
     fit, and how many were dropped for length; each toolken is one new token, as in the model."""
-    files = [f.path for f in directory.files()]
-    if not files:
+    if not directory.files():
         return ray.data.from_items([]), 0, 0
-    ds = ray.data.read_parquet(files, filesystem=directory.fs, columns=["messages"]).map_batches(
+    ds = read_dataset(directory, SFTExample, ["messages"]).map_batches(
         Tokenize(model_dir, max_seq_len, toolkens), batch_format="pyarrow").materialize()
     too_long = ds.filter(expr="too_long == True").count()
     kept = ds.filter(expr="too_long == False").drop_columns(["too_long"]).materialize()
