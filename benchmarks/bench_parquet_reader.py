@@ -6,8 +6,8 @@ Ray 2.60's default (the V2 datasource, which lists files on new FooterReader act
   (b) a whole exploitation of it without a model (free checks, dedup with its embeddings, SFT
       formatting: ``--exploit.judge none``, no paraphrases), the four reads a run makes included.
 
-The exploration is the tests' six faithful trials unless --inputs names exploration outputs (e.g.
-outputs/explore, which the README's first command writes).
+on the exploration outputs --inputs names (by default outputs/explore, which the README's first
+command writes).
 
     python benchmarks/bench_parquet_reader.py --repeats 3
 """
@@ -37,7 +37,8 @@ class BenchParquetReaderConfig:
     """Ray Data's V2 Parquet reader vs V1, on reads and on a whole exploitation."""
 
     ray: RayConfig = option(default_factory=RayConfig, help="Ray connection")
-    inputs: list[str] = option(default_factory=list, help="Exploration output directories; empty: the tests' six trials")
+    inputs: list[str] = option(default_factory=lambda: ["outputs/explore"],
+                               help="Exploration output directories (outputs/explore: the README's first command's)")
     repeats: int = option(3, help="Runs of each reader per input, alternating", ge=1)
     output: str = option("results/bench_parquet_reader.json", help="Where the JSON results go")
 
@@ -77,17 +78,13 @@ def main() -> None:
     cfg = job_config(BenchParquetReaderConfig)
     results = {"benchmark": "parquet_reader", "machine": {"cpus": psutil.cpu_count(), "platform": platform.platform()},
                "config": to_dict(cfg), "inputs": {}}
-    with ray_cluster(cfg.ray), tempfile.TemporaryDirectory() as scratch:
-        inputs = [Path(d) for d in cfg.inputs]
-        if not inputs:
-            from tests.exploration_data import faithful_trials, write_exploration
-
-            write_exploration(Path(scratch) / "explore", *faithful_trials())
-            inputs = [Path(scratch) / "explore"]
-        for directory in inputs:
+    missing = [d for d in cfg.inputs if not (Path(d) / "trials").is_dir()]
+    if missing:
+        raise SystemExit(f"error: inputs: {', '.join(missing)} holds no exploration (run jobs/explore.py first)")
+    with ray_cluster(cfg.ray):
+        for directory in cfg.inputs:
             print(f"{directory}: {cfg.repeats} x 2 readers ...", flush=True)
-            name = "tests' six trials" if not cfg.inputs else str(directory)
-            results["inputs"][name] = measure(directory, cfg.repeats)
+            results["inputs"][directory] = measure(Path(directory), cfg.repeats)
     Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
     Path(cfg.output).write_text(json.dumps(results, indent=2))
     rows = []
