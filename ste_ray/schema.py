@@ -145,9 +145,10 @@ def _arrow_type(tp: Any) -> pa.DataType:
     return {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}[tp]
 
 
-def arrow_schema(record: type) -> pa.Schema:
-    """The Parquet schema of a record type."""
-    return pa.schema([(name, _arrow_type(tp)) for name, tp in typing.get_type_hints(record).items()])
+def arrow_schema(record: type, columns: list[str] | None = None) -> pa.Schema:
+    """The Parquet schema of a record type (of its ``columns`` only, in that order)."""
+    hints = typing.get_type_hints(record)
+    return pa.schema([(name, _arrow_type(hints[name])) for name in columns or hints])
 
 
 def _from_value(tp: Any, value: Any) -> Any:
@@ -177,9 +178,7 @@ def write_records(path: str | Path | Location, records: list[Any], record: type)
 def read_dir(directory: str | Path | Location, record: type, columns: list[str] | None = None) -> pa.Table:
     """All Parquet files of a directory (local or a filesystem URI) as one table of ``record`` rows
     (empty if none), or of their ``columns`` only."""
-    schema = arrow_schema(record)
-    if columns:
-        schema = pa.schema([schema.field(c) for c in columns])
+    schema = arrow_schema(record, columns)
     files = Location.of(directory).files()
     if not files:
         return schema.empty_table()
@@ -198,9 +197,7 @@ def read_dataset(directory: str | Path | Location, record: type, columns: list[s
     dataset if the directory holds none."""
     import ray.data
 
-    schema = arrow_schema(record)
-    if columns:
-        schema = pa.schema([schema.field(c) for c in columns])
+    schema = arrow_schema(record, columns)
     location = Location.of(directory)
     files = [f.path for f in location.files()]
     if not files:
