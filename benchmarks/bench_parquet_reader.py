@@ -28,6 +28,7 @@ from ste_ray.exploit import ExploitSettings, run_exploit
 from ste_ray.report import format_table
 from ste_ray.runtime import RayConfig, ray_cluster
 from ste_ray.schema import Trial, read_dataset
+from ste_ray.storage import Location
 
 READERS = {"V2 (Ray's default)": True, "V1 (ste-ray)": False}
 
@@ -50,8 +51,8 @@ def timed(work) -> float:
 
 
 def read_all(directory: Path) -> int:
-    return sum(b.num_rows for b in read_dataset(directory / "trials", Trial).iter_batches(batch_format="pyarrow",
-                                                                                          batch_size=None))
+    return sum(b.num_rows for b in read_dataset((Location.of(directory) / "trials").files(), Trial).iter_batches(
+        batch_format="pyarrow", batch_size=None))
 
 
 def exploit(directory: Path) -> None:

@@ -191,21 +191,19 @@ def read_dir(directory: str | Path | Location, record: type, columns: list[str] 
 RAY_DATA_PARQUET_V2 = False
 
 
-def read_dataset(directory: str | Path | Location, record: type, columns: list[str] | None = None):
-    """The Parquet files of a directory as a Ray Data dataset of ``record`` rows (or their
-    ``columns``), read with Ray Data's V1 Parquet reader unless ``RAY_DATA_PARQUET_V2``; an empty
-    dataset if the directory holds none."""
+def read_dataset(files: list[Location], record: type, columns: list[str] | None = None):
+    """Parquet ``files`` (a directory's, as ``Location.files()`` lists them: the caller lists once and
+    may use the list again) as a Ray Data dataset of ``record`` rows (or their ``columns``), read with
+    Ray Data's V1 Parquet reader unless ``RAY_DATA_PARQUET_V2``; an empty dataset for no files."""
     import ray.data
 
     schema = arrow_schema(record, columns)
-    location = Location.of(directory)
-    files = [f.path for f in location.files()]
     if not files:
         return ray.data.from_arrow(schema.empty_table())
     context = ray.data.DataContext.get_current()  # read_parquet picks the reader from it, then and there
     default, context.use_datasource_v2 = context.use_datasource_v2, RAY_DATA_PARQUET_V2
     try:
-        return ray.data.read_parquet(files, filesystem=location.fs, schema=schema, columns=columns)
+        return ray.data.read_parquet([f.path for f in files], filesystem=files[0].fs, schema=schema, columns=columns)
     finally:
         context.use_datasource_v2 = default
 

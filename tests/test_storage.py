@@ -34,8 +34,8 @@ def test_records_and_manifests_round_trip_through_s3(s3_uri):
 
 
 def test_a_stage_reads_a_directory_as_a_dataset_with_rays_v1_parquet_reader(ray_session, s3_uri, tmp_path, capsys):
-    """read_dataset: every row back, local and on S3, or only the asked columns; an empty dataset for a
-    directory without files. Ray Data's V1 reader (the V2 default lists files on new actors at every
+    """read_dataset: every row of a directory's files back, local and on S3, or only the asked columns;
+    an empty dataset for no files. Ray Data's V1 reader (the V2 default lists files on new actors at every
     read: benchmarks/bench_parquet_reader.py), with Ray's own default left as it was."""
     import ray.data
 
@@ -43,17 +43,17 @@ def test_a_stage_reads_a_directory_as_a_dataset_with_rays_v1_parquet_reader(ray_
     for directory in (Location.of(tmp_path) / "trials", Location.of(s3_uri("dataset")) / "trials"):
         write_records(directory / "a.parquet", trials[:2], Trial)
         write_records(directory / "b.parquet", trials[2:], Trial)
-        dataset = read_dataset(directory, Trial)
+        dataset = read_dataset(directory.files(), Trial)
         rows = pa.concat_tables(dataset.iter_batches(batch_format="pyarrow", batch_size=None)).to_pylist()
         assert sorted(rows, key=repr) == sorted(read_dir(directory, Trial).to_pylist(), key=repr)
         assert len(rows) == len(trials)
-        assert read_dataset(directory, Trial, ["api", "query"]).columns() == ["api", "query"]
+        assert read_dataset(directory.files(), Trial, ["api", "query"]).columns() == ["api", "query"]
         capsys.readouterr()
         dataset.explain()
         plan = capsys.readouterr().out
         assert "ReadParquet" in plan and "ListFiles" not in plan, plan
     assert ray.data.DataContext.get_current().use_datasource_v2  # Ray's default, untouched
-    assert read_dataset(tmp_path / "absent", Trial).count() == 0
+    assert read_dataset((Location.of(tmp_path) / "absent").files(), Trial).count() == 0
 
 
 def test_directories_upload_and_download_and_name_their_model_source(s3_uri, tmp_path):

@@ -147,9 +147,10 @@ def tokenized(directory: Location, model_dir: str, max_seq_len: int, toolkens: d
               ) -> tuple[ray.data.Dataset, int, int]:
     """The split's tokenized examples (materialized: the trainer reads them every epoch), how many
     fit, and how many were dropped for length; each toolken is one new token, as in the model."""
-    if not directory.files():
+    files = directory.files()
+    if not files:
         return ray.data.from_items([]), 0, 0
-    ds = read_dataset(directory, SFTExample, ["messages"]).map_batches(
+    ds = read_dataset(files, SFTExample, ["messages"]).map_batches(
         Tokenize(model_dir, max_seq_len, toolkens), batch_format="pyarrow").materialize()
     too_long = ds.filter(expr="too_long == True").count()
     kept = ds.filter(expr="too_long == False").drop_columns(["too_long"]).materialize()
