@@ -174,7 +174,8 @@ def length_of_unit():
 
 
 async def test_grounded_imagination_writes_the_request_from_an_executed_call(ray_session, engine, tmp_path):
-    settings = ExploreSettings(num_episodes=2, episodes_in_flight=2, imagination="grounded",
+    # Two grounding calls sampled at once: the engine constrains every choice of one request.
+    settings = ExploreSettings(num_episodes=2, episodes_in_flight=2, imagination="grounded", grounding_candidates=2,
                                **{**TINY, "query_max_tokens": 48})
     spec = length_of_unit()
     result = await run_exploration(engine, [spec], settings, tool_cfg(), tmp_path, "r6", progress=False)
@@ -328,3 +329,63 @@ async def test_an_episode_whose_actor_was_lost_runs_again_and_other_failures_are
     other = LosingActor({episode_id("a", 0)}, ValueError("bad tool spec"))  # not a lost actor: reported at once
     finished = [f async for f in Scheduler([other], "r", {"a": [0]}, {}, settings).run()]
     assert isinstance(finished[0].error, ValueError) and other.calls == [episode_id("a", 0)]
+
+
+def test_grounding_tries_the_most_novel_call_first():
+    """Calls already stated by an explored request rank last, a call no request states ranks first,
+    the same call sampled twice is tried once, and calls without values keep their order."""
+    from ste_ray.explore.episode import by_novelty
+
+    memory = [("Where is Edinburgh?", True), ("Coordinates of London in English, please.", None)]
+    calls = [{"name": "Edinburgh", "lang": "en"}, {"name": "Tokyo", "lang": "ja"}, {"name": "London", "lang": "fr"},
+             {"name": "Tokyo", "lang": "ja"}]
+    assert by_novelty(calls, memory) == [{"name": "Tokyo", "lang": "ja"}, {"name": "Edinburgh", "lang": "en"},
+                                         {"name": "London", "lang": "fr"}]
+    assert by_novelty([{}, {"a": True}], memory) == [{}, {"a": True}]
+
+
+async def test_grounding_samples_several_calls_and_remembers_the_episodes_earlier_requests():
+    """Control flow with a scripted model (the real engine's grounded run is the test above): the
+    grounding asks for ``grounding_candidates`` calls in one request and tries them most novel first,
+    skipping one whose execution fails; the second trial's grounding knows the first trial's request,
+    so it does not ground on the same city again."""
+    from ste_ray.client import ChatResult
+    from ste_ray.explore.episode import EpisodeTask, run_episode
+    from ste_ray.tools.calls import Observation
+
+    spec = ToolSpec(name="weather", description="Current temperature in a city.",
+                    parameters={"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
+    cities = ["Tokyo", "Edinburgh", "Atlantis", "Lima"]
+    call_prompts: list[tuple[str, int]] = []
+
+    class Scripted:
+        async def chat(self, messages, n=None, **sampling):
+            prompt = messages[-1]["content"]
+            if "Write one call of this API" in prompt:
+                call_prompts.append((prompt, n))
+                texts = [f'Action: weather\nAction Input: {{"city": "{c}"}}' for c in cities]
+            elif "A user asked for something" in prompt:
+                city = json.loads(prompt.split("Call: weather with ")[1].split("\n")[0])["city"]
+                texts = [f"How warm is it in {city} now?"] * n
+            elif prompt.startswith("Did you fulfill"):
+                texts = ["Yes"]
+            elif prompt.startswith("Observation"):
+                texts = ["Final Answer: 21 degrees."]
+            else:
+                texts = ['Action: weather\nAction Input: {"city": "Lima"}']
+            return ChatResult(texts, [None] * len(texts), {}, 0.0)
+
+    class Tools:
+        async def call(self, name, arguments):
+            if arguments["city"] == "Atlantis":
+                return Observation(name, False, "Error: no such city", "invalid_arguments")
+            return Observation(name, True, json.dumps({"city": arguments["city"], "temperature_c": 21}))
+
+    settings = ExploreSettings(num_stm_slots=2, max_turn=1, imagination="grounded", grounding_candidates=4,
+                               constrained=False)
+    task = EpisodeTask("r", spec.name, 0, [("Is it raining in Tokyo?", True)])
+    first, second = (await run_episode(Scripted(), Tools(), spec, task, settings)).trials
+    assert [json.loads(t.grounding_call)["city"] for t in (first, second)] == ["Edinburgh", "Lima"]
+    assert first.query == "How warm is it in Edinburgh now?" and second.matches_grounding
+    assert [n for _, n in call_prompts] == [4, 4]
+    assert first.query not in call_prompts[0][0] and first.query in call_prompts[1][0]

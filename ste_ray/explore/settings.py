@@ -34,6 +34,9 @@ class ExploreSettings:
     imagination: Literal["free", "grounded"] = option(
         "free", help="free: the explorer imagines a request from the documentation (the paper); grounded: it "
         "writes a valid call first, the call runs, and it writes the request that the call and its result answer")
+    grounding_candidates: int = option(
+        1, help="Grounded imagination: calls sampled at once for each grounding; they are tried most novel first "
+        "(the most values that no request explored for the API states yet)", ge=1)
     call_first: bool = option(True, help="With constrained decoding, a trial's first turn must be a call, not a "
                                          "final answer")
     imagination_temperature: float = option(1.0, help="Sampling temperature of imagination", ge=0)
