@@ -165,6 +165,11 @@ def replica_bundles(cfg: EngineConfig) -> list[dict[str, float]]:
     return [{"CPU": cfg.cpus_per_replica, **extra}]
 
 
+# A model in a local directory needs no download: its replicas skip Ray Serve LLM's node
+# initialization (ste_ray.serve.callbacks.LocalModel). False only to measure what that saves.
+SKIP_LOCAL_NODE_INIT = True
+
+
 def build_llm_config(cfg: EngineConfig, lora_uri: str = ""):
     """The ``ray.serve.llm.LLMConfig`` for this engine config (with ``lora_uri``, LoRA adapters loaded
     on demand from that object-storage directory)."""
@@ -202,6 +207,8 @@ def build_llm_config(cfg: EngineConfig, lora_uri: str = ""):
         env.update(store_env)
     else:
         source = resolve_model(cfg.model, cfg.cache_dir or None)
+    if SKIP_LOCAL_NODE_INIT and os.path.isdir(source):
+        extra["callback_config"] = {"callback_class": "ste_ray.serve.callbacks:LocalModel"}
     return LLMConfig(
         model_loading_config={"model_id": cfg.served_model_name, "model_source": source},
         engine_kwargs=engine_arguments(cfg),

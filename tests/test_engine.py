@@ -118,3 +118,21 @@ def test_replica_resources_go_into_the_replica_placement_group():
     assert config.placement_group_config["bundles"] == [{"CPU": 1.0, "engine_node": 1.0}]
     autoscaling = config.deployment_config["autoscaling_config"]
     assert (autoscaling["max_replicas"], autoscaling["upscale_delay_s"], autoscaling["downscale_delay_s"]) == (3, 5, 20)
+
+
+def test_a_local_model_skips_serve_llms_node_initialization_and_a_remote_one_keeps_it(s3_uri):
+    """A model in a local directory has nothing to download: its replicas skip the node-initialization
+    task (one worker process fewer per engine start; benchmarks/bench_engine_start.py). A hub id or an
+    object-storage directory is downloaded onto the replica's node by that task, as Serve LLM does."""
+    from ray.llm._internal.common.callbacks.base import CallbackBase
+    from ray.llm._internal.common.utils.import_utils import load_class
+
+    from ste_ray.engine import build_llm_config
+
+    local = build_llm_config(EngineConfig()).callback_config.callback_class
+    callback = load_class(local)(llm_config=None)
+    assert callback.ctx.run_init_node
+    asyncio.run(callback.on_before_node_init())
+    assert not callback.ctx.run_init_node
+    for remote in ("HuggingFaceTB/SmolLM2-135M-Instruct", s3_uri("model")):
+        assert build_llm_config(EngineConfig(model=remote)).callback_config.callback_class is CallbackBase
