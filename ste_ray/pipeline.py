@@ -38,6 +38,7 @@ from ste_ray.constrained import supports_structured_outputs
 from ste_ray.embeddings import Retriever
 from ste_ray.engine import EngineConfig, model_endpoint
 from ste_ray.evaluate import EvalSettings, run_benchmark
+from ste_ray.evaluate.scoring import errors_by_api
 from ste_ray.evaluate.chart import bar_chart
 from ste_ray.evaluate.test_sets import load_test_set, run_test_set
 from ste_ray.exploit import ExploitSettings, run_exploit
@@ -303,7 +304,7 @@ class Pipeline:
         wall_s = time.perf_counter() - started
         atomic_write_text(self.dirs["evaluate"] / TEACHER_FILE, json.dumps(
             {"model": self.teacher.model, "setting": result.setting, **result.scored.metrics,
-             "wall_s": round(wall_s, 1)}, indent=1))
+             "wall_s": round(wall_s, 1), "by_api": errors_by_api(result.scored.marks)}, indent=1))
         self.record(TEACHER_STAGE, wall_s)
 
     @staticmethod
@@ -362,8 +363,8 @@ class Pipeline:
         for split, wanted in settings.items():
             student = dataclasses.replace(self.student, model=self.train_settings.model)  # its tokenizer is the base's
             for r in self.benchmark(endpoint, student, split, wanted):
-                rows.setdefault(split, {})[f"{endpoint.model} {r.setting}"] = {**r.scored.metrics,
-                                                                              "wall_s": round(r.elapsed_s, 1)}
+                rows.setdefault(split, {})[f"{endpoint.model} {r.setting}"] = {
+                    **r.scored.metrics, "wall_s": round(r.elapsed_s, 1), "by_api": errors_by_api(r.scored.marks)}
                 (output / "predictions" / split / f"{endpoint.model}-{r.setting}.json").write_text(
                     json.dumps(r.predictions))
         if self.settings.test_set:
@@ -445,6 +446,12 @@ class Pipeline:
                              f"of step {metrics.get('exported_step')} (lowest validation loss) were kept"
                              if validation else ""), "",
                           f"![loss]({self.dir('train', k).name}/{train.name}/loss.png)", ""]
+        for split in SPLITS:
+            errors = self.errors_table(measured.get(split, {}))
+            if errors:
+                lines += [f"## Errors by API, {'development' if split == 'dev' else 'test'} queries", "",
+                          f"The last round's fine-tuned students ({self.settings.tuned_settings[0]}), counts summed "
+                          "over the seeds.", "", errors, ""]
         lines += ["## Wall time per stage", "",
                   markdown_table(["stage", "wall s", "skipped"], [[k, v["wall_s"], v["skipped"]] for k, v in walls.items()]),
                   "", "![outcome](outcome.png)", ""]
@@ -455,6 +462,31 @@ class Pipeline:
         return {"metrics": measured, "summary": summaries, "teacher": teacher, "funnel": funnels.get(1, []),
                 "later_funnels": {f"round_{k}": f for k, f in funnels.items() if k > 1}, "training": training,
                 "walls": walls, "rows": tables}
+
+
+    def errors_table(self, rows: dict[str, dict[str, Any]]) -> str:
+        """Markdown: per API, the last round's fine-tuned students' answers (their first tuned setting)
+        summed over the seeds: right API, correct, not wellformed, and the APIs called instead."""
+        k, setting = self.settings.rounds, self.settings.tuned_settings[0]
+        measured = [rows[name]["by_api"] for seed in self.settings.seeds
+                    if "by_api" in rows.get(name := f"{self.student_name(k, seed)} {setting}", {})]
+        if not measured:
+            return ""
+        totals: dict[str, dict[str, Any]] = {}
+        for by_api in measured:
+            for api, m in by_api.items():
+                total = totals.setdefault(api, {"n": 0, "right_api": 0, "correct": 0, "not_wellformed": 0,
+                                                "instead": {}})
+                for key in ("n", "right_api", "correct", "not_wellformed"):
+                    total[key] += m[key]
+                for other, count in m["instead"].items():
+                    total["instead"][other] = total["instead"].get(other, 0) + count
+        table = [[api, t["n"], t["right_api"], t["correct"], t["not_wellformed"],
+                  ", ".join(f"{other} ×{count}" for other, count in
+                            sorted(t["instead"].items(), key=lambda item: -item[1])[:3])]
+                 for api, t in sorted(totals.items())]
+        return markdown_table(["API", "answers", "right API", "correct", "not wellformed", "called instead (top 3)"],
+                              table)
 
 
 METRICS = ("wellformed", "api_match", "correct")

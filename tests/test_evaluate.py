@@ -244,3 +244,20 @@ async def test_per_batch_metrics_match_the_papers_continual_learning_figures(ben
     assert [row[1:] for row in rows] == [
         [0, 180, 100.0, 92.222, 73.333], [1, 195, 100.0, 98.974, 87.179],
         [2, 180, 100.0, 92.778, 68.333], [3, 195, 95.897, 96.791, 67.179]]
+
+
+async def test_errors_by_api_count_what_was_called_instead():
+    from ste_ray.evaluate.scoring import errors_by_api
+
+    predictions = {"add_date": [
+        {"model_output": 'Action: add_date\nAction Input: {"date": "2023-01-01", "days": 3}',
+         "action": "add_date", "action_input": '{"date": "2023-01-01", "days": 3}'},
+        {"model_output": 'Action: add_date\nAction Input: {"date": "2023-01-01", "days": 4}',
+         "action": "add_date", "action_input": '{"date": "2023-01-01", "days": 3}'},
+        {"model_output": "Action: get_today_date\nAction Input: {}", "action": "add_date", "action_input": "{}"},
+        {"model_output": "Action: get_today_date\nAction Input: {}", "action": "add_date", "action_input": "{}"},
+        {"model_output": "Final Answer: 2023-01-04", "action": "add_date", "action_input": "{}"}],
+        "get_today_date": []}
+    scored = await score(predictions, {"add_date"})
+    assert errors_by_api(scored.marks) == {"add_date": {"n": 5, "right_api": 2, "correct": 1, "not_wellformed": 1,
+                                                        "instead": {"get_today_date": 2}}}

@@ -236,9 +236,13 @@ def test_the_report_gives_the_mean_and_spread_over_the_seeds(tmp_path):
     def row(correct: float) -> dict:
         return {"n": 150, "wellformed": 99.0, "api_match": 50.0, "correct": correct}
 
+    def by_api(right: int, instead: dict[str, int]) -> dict:
+        return {"add_date": {"n": 15, "right_api": right, "correct": right - 1, "not_wellformed": 1, "instead": instead}}
+
     (tmp_path / "evaluate").mkdir()
     (tmp_path / "evaluate" / "metrics.json").write_text(json.dumps({
-        "test": {"base top5": row(0.0), "tuned-s0 top5": row(30.0), "tuned-s1 top5": row(28.0),
+        "test": {"base top5": row(0.0), "tuned-s0 top5": {**row(30.0), "by_api": by_api(9, {"get_today_date": 5})},
+                 "tuned-s1 top5": {**row(28.0), "by_api": by_api(8, {"get_today_date": 2, "add_time": 4})},
                  "tuned-s2 top5": row(26.0)},
         "dev": {"base top5": row(2.0), "tuned-s0 top5": row(60.0), "tuned-s1 top5": row(50.0),
                 "tuned-s2 top5": row(55.0)}}))
@@ -255,6 +259,10 @@ def test_the_report_gives_the_mean_and_spread_over_the_seeds(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert f"| tuned top5 | 3 | 150 | {' | '.join(same)} | 28.0 ± 2.0 (26.0–30.0) |" in report
     assert f"| tuned top5 | 3 | 150 | {' | '.join(same)} | 55.0 ± 5.0 (50.0–60.0) |" in report.split("## Development")[1]
+    # The errors by API: summed over the seeds that have them (a row measured before they were kept has none).
+    errors = report.split("## Errors by API, test queries")[1]
+    assert "| add_date | 30 | 17 | 15 | 2 | get_today_date ×7, add_time ×4 |" in errors
+    assert "## Errors by API, development" not in report
 
 
 def test_a_rerun_keeps_each_skipped_stages_time_from_the_run_that_did_it(tmp_path):

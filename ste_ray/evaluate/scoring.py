@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import json
 import re
+from collections import Counter
 from typing import Any, Awaitable, Callable
 
 from ste_ray.client import LLMClient
@@ -107,6 +108,22 @@ def metrics(marks: dict[str, list[dict[str, Any]]], apis: list[str] | None = Non
             "api_match": pct(len(matched), len(wellformed)),
             "correct": pct(sum(m["args_correct"] for m in matched), n),
             "no_call": pct(sum(m["no_call"] for m in rows), n)}
+
+
+def errors_by_api(marks: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per ground-truth API with examples: how many there are, how many called that API, how many
+    were correct, how many gave no call or did not parse, and the APIs called instead (name → count,
+    the most frequent first; a name that no offered tool has is counted under its own spelling)."""
+    result = {}
+    for api, items in marks.items():
+        if not items:
+            continue
+        instead = Counter(m["parsed_action"] for m in items if not (m["no_call"] or m["err"] or m["api_match"]))
+        result[api] = {"n": len(items), "right_api": sum(m["api_match"] for m in items),
+                       "correct": sum(m["args_correct"] for m in items),
+                       "not_wellformed": sum(m["no_call"] or m["err"] for m in items),
+                       "instead": dict(instead.most_common())}
+    return result
 
 
 def per_batch_rows(setting: str, scored: Scored, batches: list[list[str]]) -> list[list[Any]]:
