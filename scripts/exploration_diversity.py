@@ -15,37 +15,42 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from ste_ray.schema import Trial, read_records
+from ste_ray.schema import Trial, read_dir
+from ste_ray.verify import last_successful_call
 
 
-def last_call(trial: Trial) -> str | None:
+def last_call(steps: list[dict]) -> str | None:
     """The trial's last call that ran without a tool or parse error (its arguments, canonical JSON)."""
-    for step in reversed(trial.steps):
-        if step.action and not step.parse_error and not step.tool_error_kind:
-            try:
-                return step.action + " " + json.dumps(json.loads(step.action_input or "{}"), sort_keys=True)
-            except json.JSONDecodeError:
-                return step.action + " " + (step.action_input or "")
-    return None
+    step = last_successful_call(steps)
+    if step is None:
+        return None
+    try:
+        return step["action"] + " " + json.dumps(json.loads(step["action_input"] or "{}"), sort_keys=True)
+    except json.JSONDecodeError:
+        return step["action"] + " " + (step["action_input"] or "")
 
 
 def diversity(exploration: str, episodes: int = 0) -> dict:
     """Per API and in all; with ``episodes``, only each API's first that many episodes (to compare
     explorations of different lengths)."""
-    by_api: dict[str, list[Trial]] = defaultdict(list)
-    for trial in read_records(Path(exploration) / "trials", Trial):
-        if not episodes or trial.episode_index < episodes:
-            by_api[trial.api].append(trial)
+    rows = read_dir(Path(exploration) / "trials", Trial,
+                    columns=["api", "episode_index", "query", "steps", "grounding_call"]).to_pylist()
+    by_api: dict[str, list[dict]] = defaultdict(list)
+    for trial in rows:
+        if not episodes or trial["episode_index"] < episodes:
+            by_api[trial["api"]].append(trial)
+    if not by_api:
+        raise SystemExit(f"error: {exploration} holds no trials" + (f" in its first {episodes} episodes" if episodes else ""))
     per_api = {}
     for api, trials in sorted(by_api.items()):
-        grounded = [t.grounding_call for t in trials if t.grounding_call]
-        calls = [c for c in map(last_call, trials) if c]
+        grounded = [t["grounding_call"] for t in trials if t["grounding_call"]]
+        calls = [c for c in (last_call(t["steps"]) for t in trials) if c]
         per_api[api] = {
             "trials": len(trials),
             "ungrounded": len(trials) - len(grounded),
             "distinct_grounding_calls": len(set(grounded)),
             "distinct_last_calls": len(set(calls)),
-            "distinct_queries": len({t.query for t in trials}),
+            "distinct_queries": len({t["query"] for t in trials}),
         }
     total = {key: sum(row[key] for row in per_api.values()) for key in next(iter(per_api.values()))}
     return {"exploration": exploration, "episodes_per_api": episodes or None, "total": total, "per_api": per_api}

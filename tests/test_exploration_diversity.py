@@ -3,6 +3,7 @@ written from, the trials written without one, and the distinct calls the trials 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -16,18 +17,15 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from exploration_diversity import diversity, last_call  # noqa: E402
 
 
-def step(action_input: str, tool_error_kind: str | None = None, parse_error: str | None = None) -> Step:
-    return Step(thought=None, action="Places", action_input=action_input, observation="...",
-                parse_error=parse_error, tool_error_kind=tool_error_kind, latency_s=0.0)
+def step(action_input: str, tool_error_kind: str | None = None, parse_error: str | None = None) -> dict:
+    return dataclasses.asdict(Step(thought=None, action="Places", action_input=action_input, observation="...",
+                                   parse_error=parse_error, tool_error_kind=tool_error_kind, latency_s=0.0))
 
 
 def test_the_last_call_is_the_last_that_ran_cleanly_in_canonical_form():
-    class Trial:
-        steps = [step('{"b": 1, "a": 2}'), step('{"a": 3}', tool_error_kind="http_400"), step("{", parse_error="bad")]
-
-    assert last_call(Trial) == 'Places {"a": 2, "b": 1}'
-    Trial.steps = [step('{"a": 3}', tool_error_kind="http_400")]
-    assert last_call(Trial) is None
+    steps = [step('{"b": 1, "a": 2}'), step('{"a": 3}', tool_error_kind="http_400"), step("{", parse_error="bad")]
+    assert last_call(steps) == 'Places {"a": 2, "b": 1}'
+    assert last_call([step('{"a": 3}', tool_error_kind="http_400")]) is None
 
 
 def test_the_shipped_exploration_counts_and_its_first_episodes_are_a_subset():
