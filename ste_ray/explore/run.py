@@ -8,6 +8,7 @@ memory from what was written. Trials count only when their run also wrote their 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -179,32 +180,36 @@ async def run_exploration(endpoint: Endpoint, specs: list[ToolSpec], settings: E
     done = tokens = calls = trials = verified = 0
     scheduler = Scheduler(actors, run_id, pending, memory, settings)
     try:
-        async for finished_episode in scheduler.run():
-            task, result = finished_episode.task, finished_episode.result
-            if result is None:
-                error = finished_episode.error
-                reason = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
-                failures.append({"episode_id": task.episode_id, "api": task.api, "reason": reason})
-                # Rewritten whole (object stores cannot append); failures are few.
-                failures_file.write_text(earlier_failures + "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in failures))
-            else:
-                shards.add(result)
-                scheduler.remember(task.api, [(t.query, t.success) for t in result.trials])
-                calls += sum(t.num_calls for t in result.trials)
-                trials += len(result.trials)
-                verified += sum(last_call_ran(steps) and answer_grounded(steps, t.final_answer)
-                                for t in result.trials for steps in [[vars(s) for s in t.steps]])
-                tokens += result.episode.completion_tokens
-                done += 1
-            elapsed = time.perf_counter() - started
-            bar.update(1)
-            bar.set_postfix_str(f"{tokens / elapsed:.0f} tok/s, {calls / elapsed:.2f} calls/s, "
-                                f"verified {verified}/{trials} trials, failed {len(failures)}")
+        async with contextlib.aclosing(scheduler.run()) as finished:
+            async for finished_episode in finished:
+                task, result = finished_episode.task, finished_episode.result
+                if result is None:
+                    error = finished_episode.error
+                    reason = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+                    failures.append({"episode_id": task.episode_id, "api": task.api, "reason": reason})
+                    # Rewritten whole (object stores cannot append); failures are few.
+                    failures_file.write_text(earlier_failures + "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in failures))
+                else:
+                    shards.add(result)
+                    scheduler.remember(task.api, [(t.query, t.success) for t in result.trials])
+                    calls += sum(t.num_calls for t in result.trials)
+                    trials += len(result.trials)
+                    verified += sum(last_call_ran(steps) and answer_grounded(steps, t.final_answer)
+                                    for t in result.trials for steps in [[vars(s) for s in t.steps]])
+                    tokens += result.episode.completion_tokens
+                    done += 1
+                elapsed = time.perf_counter() - started
+                bar.update(1)
+                bar.set_postfix_str(f"{tokens / elapsed:.0f} tok/s, {calls / elapsed:.2f} calls/s, "
+                                    f"verified {verified}/{trials} trials, failed {len(failures)}")
     finally:
         shards.flush()
         bar.close()
-        # Close the actors' HTTP sessions before killing them (else aiohttp warns of unclosed sessions).
-        await asyncio.wait([asyncio.ensure_future(actor.close.remote()) for actor in actors], timeout=10)
+        # Close the actors' HTTP sessions before killing them (else aiohttp warns of unclosed sessions);
+        # one that does not close in time is killed all the same, its call cancelled, not left to fail.
+        closing = asyncio.gather(*(actor.close.remote() for actor in actors), return_exceptions=True)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(closing, timeout=10)
         for actor in actors:
             ray.kill(actor)
     return ExplorationResult(output, done, before, failures, time.perf_counter() - started, tokens, summarize(output),

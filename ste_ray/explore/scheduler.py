@@ -86,27 +86,41 @@ class Scheduler:
         """Run every pending episode; yield each as it finishes. The caller must have recorded a
         finished episode (and its memory, via ``remember``) before asking for the next."""
         self._fill()
-        while self.running:
-            done, _ = await asyncio.wait(self.running, return_when=asyncio.FIRST_COMPLETED)
-            for future in done:
-                task, actor_index = self.running.pop(future)
-                self.in_flight_per_actor[actor_index] -= 1
-                self.in_flight_per_api[task.api] -= 1
-                try:
-                    finished = Finished(task, future.result(), None)
-                except ACTOR_LOST as e:
-                    first = self.first_lost.setdefault(task.episode_id, time.monotonic())
-                    if time.monotonic() - first < RERUN_WITHIN_S:
-                        attempt = self.reruns.get(task.episode_id, 0)
-                        self.reruns[task.episode_id] = attempt + 1
-                        self._submit(task, actor_index, backoff_delay(attempt, *RERUN_BACKOFF_S))
-                        continue
-                    finished = Finished(task, None, e)
-                except Exception as e:  # after Ray's own retries: this episode failed for good
-                    finished = Finished(task, None, e)
-                yield finished
-                self._mark_ready(task.api)
-                self._fill()
+        try:
+            while self.running:
+                done, _ = await asyncio.wait(self.running, return_when=asyncio.FIRST_COMPLETED)
+                for future in done:
+                    task, actor_index = self.running.pop(future)
+                    self.in_flight_per_actor[actor_index] -= 1
+                    self.in_flight_per_api[task.api] -= 1
+                    try:
+                        finished = Finished(task, future.result(), None)
+                    except ACTOR_LOST as e:
+                        first = self.first_lost.setdefault(task.episode_id, time.monotonic())
+                        if time.monotonic() - first < RERUN_WITHIN_S:
+                            attempt = self.reruns.get(task.episode_id, 0)
+                            self.reruns[task.episode_id] = attempt + 1
+                            self._submit(task, actor_index, backoff_delay(attempt, *RERUN_BACKOFF_S))
+                            continue
+                        finished = Finished(task, None, e)
+                    except Exception as e:  # after Ray's own retries: this episode failed for good
+                        finished = Finished(task, None, e)
+                    yield finished
+                    self._mark_ready(task.api)
+                    self._fill()
+        finally:
+            await self._abandon_running()
+
+    async def _abandon_running(self) -> None:
+        """When the caller stops early (cancelled, or an error of its own), the episodes still in
+        flight are abandoned: cancelled and awaited here. Left alone, each would fail once its actor
+        is killed, and asyncio would log the unretrieved error from a finalizer at whatever moment
+        the garbage collector runs — inside an ``ast.parse`` of unrelated code, on CPython 3.11,
+        that log's traceback formatting corrupts the parser's recursion count (SystemError)."""
+        for future in self.running:
+            future.cancel()
+        await asyncio.gather(*self.running, return_exceptions=True)
+        self.running.clear()
 
     def _mark_ready(self, api: str) -> None:
         if self._can_start(api) and api not in self.is_ready:
