@@ -440,7 +440,7 @@ async def test_limits_are_shared_by_callers_and_distinct_per_tool(ray_session, s
     shared = time.perf_counter() - started
     assert shared >= (40 - 5) / 20 * 0.95  # one bucket for both callers
 
-    await asyncio.sleep(5 / 20 * 1.2)  # refill the drained bucket: the bound below is then 1.0 s above its 1.0 s
+    await asyncio.sleep(5 / 20 * 1.2)  # refill the drained bucket, so the side-by-side run below takes 1.0 s
     started = time.perf_counter()
     await asyncio.gather(*(add(first, i) for i in range(25)),
                          *(first.call("days_between", {"start_date": "2024-01-01", "end_date": "2024-02-01"})
