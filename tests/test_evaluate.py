@@ -3,6 +3,7 @@ outputs from them, retrieval on a hand-checked case, and the runner against the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -15,8 +16,11 @@ from ste_ray.benchmark import Benchmark, benchmark_dir
 from ste_ray.embeddings import Retriever
 from ste_ray.evaluate import EvalSettings, Setting, load_demo_pool, metrics, per_batch_rows, score, select_queries
 from ste_ray.evaluate.runner import PromptFitter, load_benchmark, run_setting
+from ste_ray.explore.episode import episode_id
 from ste_ray.react import parse_output, tool_prompt
+from ste_ray.schema import JudgedTrial, write_records
 from tests.conftest import ste_data
+from tests.exploration_data import faithful_trials, write_exploration
 
 ROOT = Path(__file__).resolve().parents[1]
 PREDICTIONS = ste_data() / "predictions"
@@ -193,6 +197,37 @@ def test_other_queries_are_asked_with_the_benchmarks_tools(tmp_path):
     assert benchmark.tests == dev and len(benchmark.descriptions) == 50
     queries = select_queries(benchmark, ["add_date", "get_today_date"], limit=0)
     assert [(q.api, q.item["query"]) for q in queries] == [("add_date", "Add 3 days to 2024-01-01.")]
+
+
+def test_demonstrations_come_from_an_exploration_or_an_exploit_output(tmp_path, benchmark):
+    """--eval.demo_pool (the pipeline passes its exploit output): an exploration's first clean call
+    per trial, an exploitation's kept trials only; a query once; a directory of neither, or one
+    without a usable demonstration, is refused."""
+    trials, specs = faithful_trials()
+    failed = dataclasses.replace(trials[0], episode_id=episode_id("add_date", 9), episode_index=9, query="Fails.",
+                                 steps=[dataclasses.replace(trials[0].steps[0], tool_error_kind="bad_request")])
+    again = dataclasses.replace(trials[1], episode_id=episode_id("add_date", 8), episode_index=8)  # a query seen
+    write_exploration(tmp_path / "explore", [*trials, failed, again], specs)
+    expected = [{"query": t.query, "action": t.steps[0].action, "action_input": t.steps[0].action_input}
+                for t in trials]
+    assert sorted(load_demo_pool(str(tmp_path / "explore"), benchmark), key=expected.index) == expected
+
+    def judged(t, kept: bool) -> JudgedTrial:
+        step = t.steps[0]
+        return JudgedTrial(trial_key=t.query, api=t.api, episode_id=t.episode_id, episode_index=t.episode_index,
+                           slot=0, query=t.query, action=step.action, action_input=step.action_input,
+                           observation=step.observation, final_answer=t.final_answer, kept=kept,
+                           dropped_by=None if kept else "judge", reason=None, judge_informative=kept,
+                           judge_faithful=True, judge_appropriate=True, judge_error=None)
+
+    write_records(tmp_path / "exploit" / "judged" / "part-0.parquet",
+                  [judged(t, kept=i != 2) for i, t in enumerate(trials)], JudgedTrial)
+    assert load_demo_pool(str(tmp_path / "exploit"), benchmark) == [e for i, e in enumerate(expected) if i != 2]
+    write_records(tmp_path / "dropped" / "judged" / "part-0.parquet", [judged(trials[0], kept=False)], JudgedTrial)
+    with pytest.raises(ValueError, match="holds no usable demonstration"):
+        load_demo_pool(str(tmp_path / "dropped"), benchmark)
+    with pytest.raises(FileNotFoundError, match="neither 'benchmark' nor an exploration or exploit output"):
+        load_demo_pool(str(tmp_path), benchmark)
 
 
 def test_scoring_job_prints_the_published_figures():
