@@ -16,6 +16,7 @@ from ste_ray.benchmark import Benchmark, benchmark_dir
 from ste_ray.embeddings import Retriever
 from ste_ray.evaluate import EvalSettings, Setting, load_demo_pool, metrics, per_batch_rows, score, select_queries
 from ste_ray.evaluate.runner import PromptFitter, load_benchmark, run_setting
+from ste_ray.exploit.checks import check_trial
 from ste_ray.explore.episode import episode_id
 from ste_ray.react import parse_output, tool_prompt
 from ste_ray.schema import JudgedTrial, write_records
@@ -212,18 +213,13 @@ def test_demonstrations_come_from_an_exploration_or_an_exploit_output(tmp_path, 
                 for t in trials]
     assert sorted(load_demo_pool(str(tmp_path / "explore"), benchmark), key=expected.index) == expected
 
-    def judged(t, kept: bool) -> JudgedTrial:
-        step = t.steps[0]
-        return JudgedTrial(trial_key=t.query, api=t.api, episode_id=t.episode_id, episode_index=t.episode_index,
-                           slot=0, query=t.query, action=step.action, action_input=step.action_input,
-                           observation=step.observation, final_answer=t.final_answer, kept=kept,
-                           dropped_by=None if kept else "judge", reason=None, judge_informative=kept,
-                           judge_faithful=True, judge_appropriate=True, judge_error=None)
-
-    write_records(tmp_path / "exploit" / "judged" / "part-0.parquet",
-                  [judged(t, kept=i != 2) for i, t in enumerate(trials)], JudgedTrial)
+    # Exploitation's rows of these trials (its free checks keep them all), the third dropped by the judge.
+    schemas = {s.name: s.parameters for s in specs}
+    judged = [check_trial(dataclasses.asdict(t), schemas, {}, 3, 400) for t in trials]
+    judged[2] = dataclasses.replace(judged[2], kept=False, dropped_by="judge")
+    write_records(tmp_path / "exploit" / "judged" / "part-0.parquet", judged, JudgedTrial)
     assert load_demo_pool(str(tmp_path / "exploit"), benchmark) == [e for i, e in enumerate(expected) if i != 2]
-    write_records(tmp_path / "dropped" / "judged" / "part-0.parquet", [judged(trials[0], kept=False)], JudgedTrial)
+    write_records(tmp_path / "dropped" / "judged" / "part-0.parquet", judged[2:3], JudgedTrial)
     with pytest.raises(ValueError, match="holds no usable demonstration"):
         load_demo_pool(str(tmp_path / "dropped"), benchmark)
     with pytest.raises(FileNotFoundError, match="neither 'benchmark' nor an exploration or exploit output"):
