@@ -19,8 +19,9 @@ fi
 
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "setup: installing dependencies ($engine engine); takes a few minutes the first time"
-    # uv resolves the same versions as pip here and installs them in parallel: 105 s where pip took
-    # about 280 s, most of it compiling bytecode on one core. It does not read pip's configuration,
+    # uv resolves the same versions as pip here and installs them in parallel: this setup took 157 s
+    # from a fresh clone where pip took 296 s, most of it compiling bytecode on one core (2-core
+    # machine, download caches empty). It does not read pip's configuration,
     # so a local wheel directory pip is set up with (find-links: here, torch's CPU build) is passed on.
     "$venv/bin/python" -m pip install -q uv==0.13.10
     links=()
