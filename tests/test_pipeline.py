@@ -50,18 +50,23 @@ def command(output: Location, teacher: EngineConfig) -> list[str]:
             "--teacher.max_model_len", str(teacher.max_model_len),
             "--student.port", str(free_port()), "--student.max_model_len", "2048", "--student.cpu_kv_cache_gib", "1",
             "--exploit.target_per_api", "4", "--exploit.max_paraphrases", "1", "--exploit.general_ratio", "0.5",
+            # One API in each training prompt, not five: a step of 2 examples took 62 s instead of 102 s
+            # in float32 on 2 AVX2 cores. Distractors in the prompt: test_exploit's formatting tests.
+            "--exploit.num_distractors", "0",
             # The 4th episode (index 3) is the development set; 2 examples a step: the other 5 trials
             # alone (whatever paraphrases the tiny model keeps) make 3 steps or more, of which
-            # TRAIN_STEPS are run (a step takes about 130 s in float32 on 2 AVX2 cores).
+            # TRAIN_STEPS are run.
             "--exploit.dev_every", "4", "--train.batch_size", "1", "--train.effective_batch_size", "2",
             "--train.epochs", "1", "--train.max_steps", str(TRAIN_STEPS), "--train.checkpoint_every", "1", "--eval.limit", "1",
+            # Half the paper's 96 output tokens: a call in the trained format is about 30.
+            "--eval.max_tokens", "48",
             # LoRA, not the pipeline's default full fine-tuning: a checkpoint a step of 60 MB instead of
             # 1.6 GB (weights and optimizer state) on the S3 server. test_train trains and serves a full model.
             "--train.method", "lora",
             # One setting per student: the base with demonstrations from the exploit output and the tuned
             # student constrained are each the evaluation code's, tested there (test_evaluate: a demo pool
             # from an exploit output; top2+demos2 and constrained decoding on the session's engine). Each
-            # setting here asks 4 queries, about 15 s each in float32.
+            # setting here asks 4 queries, about 10 s each in float32 (15 to 25 s with 96 output tokens).
             "--pipeline.student_settings", '["top5"]', "--pipeline.tuned_settings", '["top5"]']
 
 
@@ -114,6 +119,7 @@ def test_pipeline_skips_finished_stages_and_resumes_training_after_a_kill(tmp_pa
     assert (funnel["trials"], funnel["dev"]) == (6, 1) and funnel["examples"] == sum(e.source == "explore" for e in train)
 
     again = subprocess.run(command(output, engine_config), cwd=tmp_path, capture_output=True, text=True, timeout=1200)
+    (tmp_path / "again.log").write_text(again.stdout + again.stderr)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     for stage in ("explore", "exploit"):
         assert f"{stage}: complete, skipped" in again.stdout
