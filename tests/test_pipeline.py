@@ -58,7 +58,7 @@ def command(output: Location, teacher: EngineConfig) -> list[str]:
             # TRAIN_STEPS are run.
             "--exploit.dev_every", "4", "--train.batch_size", "1", "--train.effective_batch_size", "2",
             "--train.epochs", "1", "--train.max_steps", str(TRAIN_STEPS), "--train.checkpoint_every", "1", "--eval.limit", "1",
-            # Half the paper's 96 output tokens: a call in the trained format is about 30.
+            # Half the paper's 96 output tokens: a call in the trained format is about 30 tokens.
             "--eval.max_tokens", "48",
             # LoRA, not the pipeline's default full fine-tuning: a checkpoint a step of 60 MB instead of
             # 1.6 GB (weights and optimizer state) on the S3 server. test_train trains and serves a full model.
