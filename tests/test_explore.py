@@ -392,3 +392,41 @@ async def test_grounding_samples_several_calls_and_remembers_the_episodes_earlie
     assert first.query == "How warm is it in Edinburgh now?" and second.matches_grounding
     assert [n for _, n in call_prompts] == [4, 4]
     assert first.query not in call_prompts[0][0] and first.query in call_prompts[1][0]
+
+
+async def test_an_imagined_request_without_words_is_asked_again():
+    """Control flow with a scripted model: a sample of the small explorer that holds no words (seen
+    once in a suite run on the real engine: a trial with an empty request) is asked for again in the
+    conversation, and the trial runs on the request that follows; each reply stays one request."""
+    from ste_ray.client import ChatResult
+    from ste_ray.explore.episode import EMPTY_QUERY_PROMPT, EpisodeTask, run_episode
+    from ste_ray.tools.calls import Observation
+
+    spec = ToolSpec(name="weather", description="Current temperature in a city.",
+                    parameters={"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
+    imagined = iter(["```", "How warm is it in Lima now?"])
+
+    class Scripted:
+        async def chat(self, messages, n=None, **sampling):
+            prompt = messages[-1]["content"]
+            if "Write only the request" in prompt or prompt == EMPTY_QUERY_PROMPT:
+                text = next(imagined)
+            elif prompt.startswith("Did you fulfill"):
+                text = "Yes"
+            elif prompt.startswith("Observation"):
+                text = "Final Answer: 21 degrees."
+            else:
+                text = 'Action: weather\nAction Input: {"city": "Lima"}'
+            return ChatResult([text], [None], {"completion_tokens": 1}, 0.0)
+
+    class Tools:
+        async def call(self, name, arguments):
+            return Observation(name, True, json.dumps({"city": arguments["city"], "temperature_c": 21}))
+
+    settings = ExploreSettings(num_stm_slots=1, max_turn=1, imagination="free", constrained=False)
+    result = await run_episode(Scripted(), Tools(), spec, EpisodeTask("r", spec.name, 0, []), settings)
+    (trial,) = result.trials
+    assert trial.query == "How warm is it in Lima now?" and trial.steps[0].action_input == '{"city": "Lima"}'
+    conversation = json.loads(result.episode.conversation)
+    assert [m["content"] for m in conversation[1:3]] == ["```", EMPTY_QUERY_PROMPT]
+    assert len(result.episode.completion_tokens_per_request) == sum(m["role"] == "assistant" for m in conversation)

@@ -92,6 +92,10 @@ def values_to_state(arguments: dict[str, Any]) -> list[str]:
     return [v for v in call_values(arguments) if v.replace(".", "").lstrip("-").isdigit() or len(v) >= 3]
 
 
+# A small explorer's sample now and then holds no words at all (an empty line, a code fence): it is
+# asked again rather than tried as an empty request.
+IMAGINATION_RETRIES = 2
+EMPTY_QUERY_PROMPT = "That was empty. Write the user request itself, on one line."
 NEXT_QUERY_PROMPT = ("Building on what you learned in the attempts above, write another realistic user request "
                      "that needs this API in a different way (other arguments or another need). Do not name "
                      "the API. Write only the request, on one line.")
@@ -276,15 +280,25 @@ async def run_trial(llm: LLMClient, tools: ToolBox, spec: ToolSpec, task: Episod
     if grounded:
         query, grounding = grounded
     elif imaginer:
-        result = await imaginer.chat([{"role": "user", "content": imagination_prompt(spec, memory, settings)}],
-                                     temperature=settings.imagination_temperature,
-                                     max_tokens=settings.query_max_tokens, seed=seed)
-        chat.count(result)
-        query = clean_query(result.text)
+        for attempt in range(1 + IMAGINATION_RETRIES):
+            result = await imaginer.chat([{"role": "user", "content": imagination_prompt(spec, memory, settings)}],
+                                         temperature=settings.imagination_temperature,
+                                         max_tokens=settings.query_max_tokens,
+                                         seed=None if seed is None else seed + attempt)
+            chat.count(result)
+            query = clean_query(result.text)
+            if query:
+                break
     else:
         chat.add("user", imagination_prompt(spec, task.memory, settings) if slot == 0 else NEXT_QUERY_PROMPT)
         query = clean_query(await chat.ask(llm, temperature=settings.imagination_temperature,
                                            max_tokens=settings.query_max_tokens, seed=seed))
+        for _ in range(IMAGINATION_RETRIES):
+            if query:
+                break
+            chat.add("user", EMPTY_QUERY_PROMPT)
+            query = clean_query(await chat.ask(llm, temperature=settings.imagination_temperature,
+                                               max_tokens=settings.query_max_tokens, seed=seed))
     # A request imagined outside the conversation finds the API not introduced yet on the first slot.
     introduce = slot == 0 and bool(grounded or imaginer)
     chat.add("user", (api_introduction(spec) if introduce else "") + trial_prompt(spec.name, query))
