@@ -26,7 +26,7 @@ from ste_ray.engine import EngineConfig
 from ste_ray.evaluate import EvalSettings
 from ste_ray.exploit import ExploitSettings
 from ste_ray.exploit.model_steps import lost_value
-from ste_ray.exploit.run import Example
+from ste_ray.exploit.run import Example, cache_dir as exploit_cache_dir
 from ste_ray.explore import ExploreSettings
 from ste_ray.model import resolve_model
 from ste_ray.pipeline import TEACHER_STAGE, Pipeline, PipelineSettings
@@ -70,12 +70,23 @@ def command(output: Location, teacher: EngineConfig) -> list[str]:
             "--pipeline.student_settings", '["top5"]', "--pipeline.tuned_settings", '["top5"]']
 
 
+@pytest.fixture
+def pipeline_output(s3_uri):
+    """The pipeline's output on S3. Its stages on object storage keep local working copies in the
+    user's cache (~/.cache/ste-ray/<purpose>/<hash of the stage's URI>; the URI holds the session's
+    port, so each session's are new): removed afterwards, passed or failed."""
+    output = Location.of(s3_uri("pipeline"))
+    yield output
+    shutil.rmtree(exploit_cache_dir(output / "exploit").parent, ignore_errors=True)
+    shutil.rmtree((output / "train" / "seed_0").staging_dir("train"), ignore_errors=True)
+
+
 @pytest.mark.engine
 # The suite's 900 s per test is too little on a CPU without bf16 kernels (float32: 900 s were spent
 # with the rerun still evaluating on a 2-core AVX2 machine); the limit matches the deadlines below.
 @pytest.mark.timeout(2100)
-def test_pipeline_skips_finished_stages_and_resumes_training_after_a_kill(tmp_path, s3_uri, engine, engine_config):
-    output = Location.of(s3_uri("pipeline"))
+def test_pipeline_skips_finished_stages_and_resumes_training_after_a_kill(tmp_path, pipeline_output, engine, engine_config):
+    output = pipeline_output
     trials, specs = faithful_trials()
     write_exploration(output / "explore", trials, specs)
     update_manifest(output / "explore", {"status": "finished"})  # an exploration that already ran
@@ -145,8 +156,6 @@ def test_pipeline_skips_finished_stages_and_resumes_training_after_a_kill(tmp_pa
     report = (output / "report.md").read_text()
     assert "## Development" in report and "## Data funnel" in report and "seed 0" in report
     assert (output / "outcome.png").is_file() and list((tmp_path / "logs").glob("pipeline-*.log"))
-    for stage in ("exploit", "train"):  # the local working copies of an output on object storage
-        shutil.rmtree(output.staging_dir(stage), ignore_errors=True)
 
 
 @pytest.mark.engine
