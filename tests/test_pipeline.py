@@ -26,7 +26,7 @@ from ste_ray.engine import EngineConfig
 from ste_ray.evaluate import EvalSettings
 from ste_ray.exploit import ExploitSettings
 from ste_ray.exploit.model_steps import lost_value
-from ste_ray.exploit.run import Example, cache_dir as exploit_cache_dir
+from ste_ray.exploit.run import Example
 from ste_ray.explore import ExploreSettings
 from ste_ray.model import resolve_model
 from ste_ray.pipeline import TEACHER_STAGE, Pipeline, PipelineSettings
@@ -77,8 +77,8 @@ def pipeline_output(s3_uri):
     port, so each session's are new): removed afterwards, passed or failed."""
     output = Location.of(s3_uri("pipeline"))
     yield output
-    shutil.rmtree(exploit_cache_dir(output / "exploit").parent, ignore_errors=True)
-    shutil.rmtree((output / "train" / "seed_0").staging_dir("train"), ignore_errors=True)
+    for stage, purpose in ((output / "exploit", "exploit"), (output / "train" / "seed_0", "train")):
+        shutil.rmtree(stage.staging_dir(purpose), ignore_errors=True)
 
 
 @pytest.mark.engine
